@@ -1,0 +1,13 @@
+"""vlunet: VLU-Net and CLIP-guided all-in-one image restoration as a BasicSR plugin.
+
+``import vlunet`` applies the basicsr 1.4.2 compatibility fixes (:mod:`vlunet.compat`) and then
+registers every plugin component in BasicSR's registries by importing the ``*_arch.py``,
+``*_dataset.py``, ``*_model.py``, ``*_loss.py`` and ``*_metric.py`` files of its subpackages.
+"""
+from vlunet import compat
+
+compat.apply()
+
+from vlunet import archs, data, losses, metrics, models  # noqa: E402,F401  (registration)
+
+__version__ = '0.1.0'
