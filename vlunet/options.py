@@ -42,9 +42,12 @@ def load_option_file(path: str) -> dict:
 
 
 def _registry_error(key: str, value: object, registry) -> Optional[str]:
-    names = sorted(name for name, _ in registry)
-    if value in names:
+    try:
+        registry.get(value)  # also resolves BasicSR's suffixed names, e.g. SRVGGNetCompact_basicsr
         return None
+    except KeyError:
+        pass
+    names = sorted({name[:-len('_basicsr')] if name.endswith('_basicsr') else name for name, _ in registry})
     close = difflib.get_close_matches(str(value), names, n=3)
     hint = f' Did you mean {", ".join(close)}?' if close else ' Is `import vlunet` (or your plugin) missing?'
     return f'{key}: unknown {registry._name} type {value!r}.{hint}'
@@ -101,7 +104,10 @@ def check_options(opt: dict, is_train: bool) -> List[str]:
     if is_train:
         errors += _check_train_section(opt.get('train'))
         errors += [] if 'logger' in opt else ['logger: missing (print_freq, save_checkpoint_freq, use_tb_logger).']
-    for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
+    val = opt.get('val') or {}
+    if not is_train and val.get('save_img') and 'suffix' not in val:
+        errors.append('val.suffix: missing (BasicSR reads it when saving test images; use `suffix: ~` for none).')
+    for name, metric in (val.get('metrics') or {}).items():
         errors += _check_type(f'val.metrics.{name}', metric, METRIC_REGISTRY)
     return errors
 
