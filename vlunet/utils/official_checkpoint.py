@@ -1,0 +1,175 @@
+"""Convert the official VLU-Net release files into this plugin's BasicSR weight files.
+
+Sources:
+
+- an official PyTorch Lightning ``.ckpt``: ``state_dict`` holds ``net.<VLUNet key>`` (615 tensors)
+  and ``model_degradation.*`` (the CLIP model twice, under ``ad_imageEncoder.clip_model.`` and
+  ``ad_textEncoder.clip_model.``, plus the two adapters ``ad_{image,text}Encoder.adapter.N.*``);
+- the official ``clip_tuned.pth``: ``{'epoch', 'learnable_params': {adapter tensors}, 'optimizer'}``.
+
+Outputs (``torch.save({'params': state_dict})``, written atomically):
+
+- ``<stem>_net.pth``: the restoration network, renamed to :class:`~vlunet.archs.vlunet_arch.VLUNet`'s
+  parameter names; loads with ``strict=True`` into ``VLUNet(de_dim=<detected>)``;
+- ``<stem>_clip.pth``: the degradation encoder for ``DegradationCLIP``: ``image_adapter.N.*``,
+  ``text_adapter.N.*`` and, when the source carries it, the CLIP model as ``backbone.*``.
+"""
+import os
+import os.path as osp
+import tempfile
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+# Official -> plugin renames of dotted key segments; the plugin's names say what the tensors are.
+_RENAMED_SEGMENTS: List[Tuple[Tuple[str, ...], Tuple[str, ...]]] = [
+    (('patch_embed', 'proj'), ('embed',)),
+    (('patch_embed_i', 'proj'), ('degraded_embed',)),
+    (('down1_2_i',), ('unused_degraded_down1_2',)),
+    *(((f'{name}_i',), (f'degraded_{name}',)) for name in ('down2_3', 'down3_4', 'up4_3', 'up3_2', 'up2_1')),
+    *(((f'reduce_chan_level{n}_img',), (f'degraded_reduce_chan_level{n}',)) for n in (3, 2)),
+    (('gradient_descent',), ('gradient_step',)),
+    (('r',), ('step_size',)),
+    (('prompt_param',), ('degradation_keys',)),
+    (('phi',), ('degradation_operator',)),
+    (('phit',), ('adjoint_operator',)),
+    (('linear',), ('key_logits',)),
+    (('denoiser', 'blocks'), ('proximal_mapping',)),
+    (('norm1', 'body'), ('norm1',)),
+    (('norm2', 'body'), ('norm2',)),
+]
+_NET_PREFIX = 'net.'
+_DEGRADATION_PREFIX = 'model_degradation.'
+_CLIP_RENAMES = (('ad_imageEncoder.adapter.', 'image_adapter.'), ('ad_textEncoder.adapter.', 'text_adapter.'),
+                 ('ad_imageEncoder.clip_model.', 'backbone.'))
+_DUPLICATE_CLIP_PREFIX = 'ad_textEncoder.clip_model.'  # the same CLIP tensors as ad_imageEncoder.clip_model.
+
+
+def _rename_segments(key: str, renames: List[Tuple[Tuple[str, ...], Tuple[str, ...]]]) -> str:
+    parts, out, i = key.split('.'), [], 0
+    while i < len(parts):
+        for source, target in renames:
+            if tuple(parts[i:i + len(source)]) == source:
+                out.extend(target)
+                i += len(source)
+                break
+        else:
+            out.append(parts[i])
+            i += 1
+    return '.'.join(out)
+
+
+def official_to_plugin_key(key: str) -> str:
+    """``'encoder_level1.gradient_descent.prompt_param'`` -> ``'encoder_level1.gradient_step.degradation_keys'``."""
+    return _rename_segments(key, _RENAMED_SEGMENTS)
+
+
+def plugin_to_official_key(key: str) -> str:
+    """Inverse of :func:`official_to_plugin_key`."""
+    return _rename_segments(key, [(target, source) for source, target in _RENAMED_SEGMENTS])
+
+
+def official_to_plugin_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename an official VLUNet state dict (no ``net.`` prefix) to this plugin's parameter names."""
+    return {official_to_plugin_key(key): value for key, value in state.items()}
+
+
+def plugin_to_official_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename a plugin VLUNet state dict to the official parameter names (for the official code)."""
+    return {plugin_to_official_key(key): value for key, value in state.items()}
+
+
+def detect_de_dim(net_state: Dict[str, torch.Tensor]) -> int:
+    """Number of degradation keys of a (plugin-named) VLUNet state dict."""
+    banks = [value for key, value in net_state.items() if key.endswith('gradient_step.degradation_keys')]
+    if not banks:
+        raise ValueError('no degradation keys (gradient_step.degradation_keys) in the state dict: not a VLUNet')
+    return int(banks[0].shape[1])
+
+
+def official_clip_state_dict(degradation_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Map official ``DA_adapter`` keys (without ``model_degradation.``) to ``DegradationCLIP`` keys.
+
+    The duplicate CLIP copy under ``ad_textEncoder.clip_model.`` is dropped.
+    """
+    converted = {}
+    for key, value in degradation_state.items():
+        if key.startswith(_DUPLICATE_CLIP_PREFIX):
+            continue
+        for official, plugin in _CLIP_RENAMES:
+            if key.startswith(official):
+                converted[plugin + key[len(official):]] = value
+                break
+        else:
+            raise ValueError(f'unknown key in the official CLIP weights: {key!r}')
+    return converted
+
+
+def load_official_file(path: str) -> dict:
+    """``torch.load`` on CPU, without unpickling code where possible.
+
+    Lightning checkpoints may hold objects outside torch's safe allowlist; only then is the file
+    loaded with ``weights_only=False``, with a printed warning.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'official checkpoint not found: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as safe_error:  # noqa: BLE001 -- any failure of the safe loader triggers the fallback
+        print(f'WARNING: {path} cannot be loaded with weights_only=True ({type(safe_error).__name__}: '
+              f'{str(safe_error).splitlines()[0]}); loading it with weights_only=False, which runs pickled code: '
+              f'do this only with files from a source you trust.')
+        try:
+            return torch.load(path, map_location='cpu', weights_only=False)
+        except Exception as error:
+            raise ValueError(f'{path} is not a PyTorch checkpoint ({type(error).__name__}: {error})') from error
+
+
+def split_official_checkpoint(checkpoint: object, path: str) -> Tuple[Optional[dict], Optional[dict]]:
+    """(plugin VLUNet state dict or None, DegradationCLIP state dict or None) from a loaded official file."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
+        state = checkpoint['state_dict']
+        net = {key[len(_NET_PREFIX):]: value for key, value in state.items() if key.startswith(_NET_PREFIX)}
+        degradation = {key[len(_DEGRADATION_PREFIX):]: value for key, value in state.items()
+                       if key.startswith(_DEGRADATION_PREFIX)}
+        if net:
+            return official_to_plugin_state_dict(net), (official_clip_state_dict(degradation) if degradation else None)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('learnable_params'), dict):
+        return None, official_clip_state_dict(checkpoint['learnable_params'])
+    raise ValueError(f'{path} is neither an official VLU-Net Lightning checkpoint (a "state_dict" with "net.*" keys) '
+                     f'nor an official clip_tuned.pth (with "learnable_params")')
+
+
+def atomic_torch_save(obj: object, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f'.{osp.basename(path)}.', suffix='.tmp')
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.remove(temporary)
+        raise
+
+
+def convert_official_checkpoint(src: str, out_dir: str) -> Dict[str, str]:
+    """Convert ``src`` (official ``.ckpt`` or ``clip_tuned.pth``) into BasicSR weight files in ``out_dir``.
+
+    Returns:
+        ``{'net': path}`` and/or ``{'clip': path}`` for the files written, plus ``'de_dim'`` (as str)
+        when a network was converted.
+    """
+    net_state, clip_state = split_official_checkpoint(load_official_file(src), src)
+    stem = osp.splitext(osp.basename(src))[0]
+    written = {}
+    if net_state is not None:
+        written['de_dim'] = str(detect_de_dim(net_state))
+        written['net'] = osp.join(out_dir, f'{stem}_net.pth')
+        atomic_torch_save({'params': net_state}, written['net'])
+    if clip_state is not None:
+        written['clip'] = osp.join(out_dir, f'{stem}_clip.pth')
+        atomic_torch_save({'params': clip_state}, written['clip'])
+    return written
