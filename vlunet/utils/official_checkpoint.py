@@ -17,7 +17,7 @@ Outputs (``torch.save({'params': state_dict})``, written atomically):
 import os
 import os.path as osp
 import tempfile
-import warnings
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -116,14 +116,13 @@ def load_official_file(path: str) -> dict:
         raise FileNotFoundError(f'official checkpoint not found: {path}')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as safe_error:  # noqa: BLE001 -- any failure of the safe loader triggers the fallback
-        print(f'WARNING: {path} cannot be loaded with weights_only=True ({type(safe_error).__name__}: '
-              f'{str(safe_error).splitlines()[0]}); loading it with weights_only=False, which runs pickled code: '
-              f'do this only with files from a source you trust.')
-        try:
-            return torch.load(path, map_location='cpu', weights_only=False)
-        except Exception as error:
-            raise ValueError(f'{path} is not a PyTorch checkpoint ({type(error).__name__}: {error})') from error
+    except Exception as error:  # noqa: BLE001 -- torch.load raises many types on foreign files
+        if 'Unsupported global' not in str(error):
+            raise ValueError(f'{path} is not a PyTorch checkpoint (torch.load failed: {type(error).__name__})') \
+                from error
+    print(f'WARNING: {path} holds objects that weights_only=True refuses; loading it with weights_only=False, '
+          f'which runs pickled code: do this only with files from a source you trust.')
+    return torch.load(path, map_location='cpu', weights_only=False)
 
 
 def split_official_checkpoint(checkpoint: object, path: str) -> Tuple[Optional[dict], Optional[dict]]:
@@ -155,21 +154,31 @@ def atomic_torch_save(obj: object, path: str) -> None:
         raise
 
 
-def convert_official_checkpoint(src: str, out_dir: str) -> Dict[str, str]:
+@dataclass
+class ConvertedFiles:
+    """What :func:`convert_official_checkpoint` wrote (None: not in the source)."""
+    net_path: Optional[str] = None
+    de_dim: Optional[int] = None
+    clip_path: Optional[str] = None
+    clip_has_backbone: bool = False
+
+
+def convert_official_checkpoint(src: str, out_dir: str) -> ConvertedFiles:
     """Convert ``src`` (official ``.ckpt`` or ``clip_tuned.pth``) into BasicSR weight files in ``out_dir``.
 
-    Returns:
-        ``{'net': path}`` and/or ``{'clip': path}`` for the files written, plus ``'de_dim'`` (as str)
-        when a network was converted.
+    Raises:
+        FileNotFoundError: ``src`` does not exist.
+        ValueError: ``src`` is not an official VLU-Net checkpoint.
     """
     net_state, clip_state = split_official_checkpoint(load_official_file(src), src)
     stem = osp.splitext(osp.basename(src))[0]
-    written = {}
+    converted = ConvertedFiles()
     if net_state is not None:
-        written['de_dim'] = str(detect_de_dim(net_state))
-        written['net'] = osp.join(out_dir, f'{stem}_net.pth')
-        atomic_torch_save({'params': net_state}, written['net'])
+        converted.de_dim = detect_de_dim(net_state)
+        converted.net_path = osp.join(out_dir, f'{stem}_net.pth')
+        atomic_torch_save({'params': net_state}, converted.net_path)
     if clip_state is not None:
-        written['clip'] = osp.join(out_dir, f'{stem}_clip.pth')
-        atomic_torch_save({'params': clip_state}, written['clip'])
-    return written
+        converted.clip_has_backbone = any(key.startswith('backbone.') for key in clip_state)
+        converted.clip_path = osp.join(out_dir, f'{stem}_clip.pth')
+        atomic_torch_save({'params': clip_state}, converted.clip_path)
+    return converted
