@@ -1,0 +1,125 @@
+"""Parameters, MACs and latency of a restoration network, from an option file or an arch config.
+
+Usage:
+    python scripts/model_stats.py                                   # official VLU-Net (de_dim 7)
+    python scripts/model_stats.py -opt options/train_vlunet_5task.yml --sizes 128 256
+    python scripts/model_stats.py --arch-json '{"type": "VLUNet", "de_dim": 5}' --runs 5
+
+MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (no compute):
+convolutions *and* the attention matrix products (MACs = FLOPs / 2). ``conv`` is the convolution-only
+figure that tools such as thop report. Latency is the median of ``--runs`` forward passes of a
+1x3xSxS random image (batch 1, inference mode) on ``--device``, after one warm-up pass, using
+``torch.get_num_threads()`` CPU threads (set ``OMP_NUM_THREADS`` to change them).
+"""
+import argparse
+import inspect
+import json
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import vlunet  # noqa: F401  (compat shim before basicsr; registers VLUNet)
+from basicsr.archs import build_network
+from vlunet.options import OptionError, load_option_file
+
+CONV_OPS = ('aten.convolution',)
+ATTENTION_OPS = ('aten.bmm',)
+
+
+def network_options(option_file: Optional[str], arch_json: Optional[str]) -> dict:
+    """The ``network_g`` section of ``option_file``, or the ``arch_json`` config (default: official VLUNet)."""
+    if option_file:
+        opt = load_option_file(option_file)
+        if not isinstance(opt.get('network_g'), dict):
+            raise OptionError(f'{option_file}: no `network_g` section to measure.')
+        return dict(opt['network_g'])
+    config = json.loads(arch_json) if arch_json else {}
+    if not isinstance(config, dict):
+        raise OptionError(f'--arch-json must be a JSON object, got {arch_json!r}')
+    return {'type': 'VLUNet', **config}
+
+
+def example_inputs(net: nn.Module, size: int, device: torch.device) -> tuple:
+    """(image,) or (image, degradation) for a 1x3x``size``x``size`` input on ``device``."""
+    image = torch.rand(1, 3, size, size, device=device)
+    if 'degradation' not in inspect.signature(net.forward).parameters:
+        return (image,)
+    degradation_dim = getattr(net, 'config', {}).get('degradation_dim', 512)
+    return image, torch.randn(1, degradation_dim, device=device)
+
+
+def count_macs(net_opt: dict, size: int) -> Dict[str, float]:
+    """{'total', 'conv', 'attention', 'other'} multiply-accumulates of one forward pass (meta device)."""
+    with torch.device('meta'):
+        net = build_network(dict(net_opt)).eval()
+        inputs = example_inputs(net, size, torch.device('meta'))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(*inputs)
+    flops = {str(op): count for op, count in counter.get_flop_counts()['Global'].items()}
+    conv = sum(flops.get(op, 0) for op in CONV_OPS) / 2
+    attention = sum(flops.get(op, 0) for op in ATTENTION_OPS) / 2
+    total = counter.get_total_flops() / 2
+    return {'total': total, 'conv': conv, 'attention': attention, 'other': total - conv - attention}
+
+
+def median_latency(net: nn.Module, size: int, runs: int, device: torch.device) -> float:
+    """Median seconds of ``runs`` forward passes after one warm-up pass."""
+    inputs = example_inputs(net, size, device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(runs + 1):
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            net(*inputs)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def report(net_opt: dict, sizes: List[int], runs: int, device: torch.device) -> List[str]:
+    """Lines of the stats table for ``net_opt`` at each size."""
+    with torch.device('meta'):
+        params = sum(p.numel() for p in build_network(dict(net_opt)).parameters())
+    lines = [f'network: {json.dumps(net_opt)}', f'parameters: {params:,} ({params / 1e6:.2f} M)',
+             f'{"size":>9} {"GMACs":>9} {"conv":>9} {"attention":>9} {"other":>7} {"latency":>12}']
+    net = build_network(dict(net_opt)).to(device).eval() if runs > 0 else None
+    for size in sizes:
+        macs = {key: value / 1e9 for key, value in count_macs(net_opt, size).items()}
+        latency = (f'{median_latency(net, size, runs, device) * 1e3:9.1f} ms' if net is not None else '           -')
+        lines.append(f'{size:>4}x{size:<4} {macs["total"]:9.2f} {macs["conv"]:9.2f} {macs["attention"]:9.2f} '
+                     f'{macs["other"]:7.3f} {latency}')
+    if net is not None:
+        threads = f', {torch.get_num_threads()} threads' if device.type == 'cpu' else ''
+        lines.append(f'latency: median of {runs} runs on {device}{threads}, batch 1')
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument('-opt', help='option file; its network_g section is measured')
+    source.add_argument('--arch-json', help='arch config as JSON, e.g. \'{"type": "VLUNet", "de_dim": 5}\' '
+                                            '(type defaults to VLUNet); default: the official VLUNet')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256], help='square input sizes')
+    parser.add_argument('--runs', type=int, default=3, help='timed forward passes per size (0: skip latency)')
+    parser.add_argument('--device', default='cpu', help='device for the latency runs, e.g. cpu or cuda')
+    args = parser.parse_args(argv)
+    try:
+        net_opt = network_options(args.opt, args.arch_json)
+        lines = report(net_opt, args.sizes, args.runs, torch.device(args.device))
+    except (OptionError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    print('\n'.join(lines))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
