@@ -1,0 +1,223 @@
+"""CLIP-guided restoration model: BasicSR's SRModel with a frozen degradation encoder beside ``net_g``.
+
+For every batch the model computes ``d = degradation_encoder.encode_degradation(lq)`` (B, D) under
+``torch.no_grad()`` and restores with ``net_g(lq, degradation=d)``. Any ARCH_REGISTRY network whose
+``forward(image, degradation=None)`` accepts that keyword can be guided this way (VLUNet feeds d to
+its gradient-step modules; another network may, e.g., add a projection of d to its features). With
+``degradation_encoder`` absent or null the model calls ``net_g(lq)``, so plain BasicSR networks work
+and VLUNet runs its "w/o CLIP" setting.
+
+The encoder lives outside ``net_g``: it is never optimised, never in the EMA copy, never written to
+checkpoints, and its weights (``path.pretrain_network_degradation_encoder``) are re-read from the
+same file on resume (see :mod:`vlunet.models.degradation_encoder`).
+
+Beyond SRModel:
+
+- optimisers ``Adam``, ``AdamW``, ``SGD`` (``train.optim_g.type``); BasicSR's schedulers and linear
+  warm-up (``train.warmup_iter``) unchanged;
+- checkpoints and training states written atomically;
+- validation/testing with optional tiling (top-level ``tile: {size, overlap}``, see
+  :mod:`vlunet.utils.tiling`; d is computed once from the whole image and passed to every tile),
+  BasicSR uint8 metrics and float-RGB metrics (:mod:`vlunet.metrics.restoration_metric`), images
+  sharded across ranks with summed metrics in distributed runs, and, when testing, a per-dataset
+  results table ``results/<name>/results.md`` and ``results.csv`` refreshed after every dataset.
+"""
+from collections import OrderedDict
+from functools import partial
+from os import path as osp
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, tensor2img
+from basicsr.utils.dist_util import get_dist_info, master_only
+from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
+from torch import distributed, nn
+from tqdm import tqdm
+
+from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
+from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder
+from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
+from vlunet.utils.results_table import write_results_table
+from vlunet.utils.tiling import parse_tile_options, restore
+
+OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
+
+
+def _float_rgb(image: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) or (3, H, W) tensor -> float32 (H, W, 3) RGB array (clipping is the metric's job)."""
+    return image.detach().reshape(-1, *image.shape[-2:]).permute(1, 2, 0).float().cpu().numpy()
+
+
+@MODEL_REGISTRY.register()
+class VLUNetModel(SRModel):
+    """SRModel whose ``net_g`` is guided by a frozen degradation encoder (see the module docstring)."""
+
+    def __init__(self, opt: dict):
+        super().__init__(opt)
+        self.degradation_encoder = build_degradation_encoder(
+            opt.get('degradation_encoder'), opt['path'].get(WEIGHTS_KEY), self.device)
+        self.degradation: Optional[torch.Tensor] = None
+        self.tile = parse_tile_options(opt.get('tile'))
+        self.size_multiple = (opt.get('tile') or {}).get('size_multiple') or getattr(
+            self.get_bare_model(self.net_g), 'size_multiple', 1)
+        self.dataset_results: Dict[str, Dict[str, float]] = OrderedDict()
+        self.dataset_image_counts: Dict[str, int] = OrderedDict()
+        self._log_setup()
+
+    @master_only
+    def _log_setup(self) -> None:
+        logger = get_root_logger()
+        if self.degradation_encoder is None:
+            logger.info('Degradation encoder: none (no CLIP guidance, net_g(lq)).')
+        else:
+            count = sum(p.numel() for p in self.degradation_encoder.parameters())
+            logger.info(f'Degradation encoder: {type(self.degradation_encoder).__name__} with {count:,d} frozen '
+                        'parameters (outside net_g: not optimised, not in EMA or checkpoints).')
+        logger.info(f'Inference: {self.tile or "whole images"}, padded to a multiple of {self.size_multiple}.')
+
+    # ------------------------------------------------------------------ optimisation
+
+    def get_optimizer(self, optim_type: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
+        if optim_type not in OPTIMIZERS:
+            raise ValueError(f'train.optim_g.type: unknown optimizer {optim_type!r}; supported: {", ".join(OPTIMIZERS)}.')
+        return OPTIMIZERS[optim_type](params, lr=lr, **kwargs)
+
+    def encode_degradation(self, images: torch.Tensor) -> Optional[torch.Tensor]:
+        """d (B, D) of ``images`` (B, 3, H, W) in [0, 1] from the frozen encoder, or None without one."""
+        if self.degradation_encoder is None:
+            return None
+        with torch.no_grad():
+            return self.degradation_encoder.encode_degradation(images)
+
+    def guided_forward(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``net(images, degradation=d)`` with the d of the current batch, or ``net(images)`` without CLIP."""
+        if self.degradation is None:
+            return net(images)
+        return net(images, degradation=self.degradation)
+
+    def feed_data(self, data: dict) -> None:
+        """Take ``lq`` (B, 3, H, W), optional ``gt``; compute d once for the whole (untiled) batch."""
+        super().feed_data(data)
+        self.degradation = self.encode_degradation(self.lq)
+
+    def _losses(self) -> Dict[str, torch.Tensor]:
+        losses = OrderedDict()
+        if self.cri_pix:
+            losses['l_pix'] = self.cri_pix(self.output, self.gt)
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            losses.update((name, value) for name, value in (('l_percep', l_percep), ('l_style', l_style))
+                          if value is not None)
+        return losses
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        self.optimizer_g.zero_grad()
+        self.output = self.guided_forward(self.net_g, self.lq)
+        losses = self._losses()
+        sum(losses.values()).backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(losses)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # ------------------------------------------------------------------ inference and validation
+
+    def test(self) -> None:
+        """Restore ``self.lq`` into ``self.output`` with the EMA net if any (tiled if ``tile`` is set)."""
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = restore(partial(self.guided_forward, net), self.lq, self.tile, self.size_multiple)
+        net.train(was_training)
+
+    def _metric_values(self) -> torch.Tensor:
+        """Every ``val.metrics`` entry for the current output/gt pair, in option order (float64 tensor)."""
+        output, gt = self.output.detach().cpu(), self.gt.detach().cpu()
+        arrays = {FLOAT_RGB: {'img': _float_rgb(output), 'img2': _float_rgb(gt)},
+                  UINT8_BGR: {'img': tensor2img([output]), 'img2': tensor2img([gt])}}
+        values = [calculate_metric(arrays[metric_input(METRIC_REGISTRY.get(metric_opt['type']))], metric_opt)
+                  for metric_opt in self.opt['val']['metrics'].values()]
+        return torch.tensor(values, dtype=torch.float64)
+
+    def _image_path(self, image_name: str, dataset_name: str, current_iter) -> str:
+        folder = self.opt['path']['visualization']
+        if self.opt['is_train']:
+            return osp.join(folder, image_name, f'{image_name}_{current_iter}.png')
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(folder, dataset_name, f'{image_name}_{suffix}.png')
+
+    def validation(self, dataloader, current_iter, tb_logger, save_img: bool = False) -> None:
+        """Evaluate one dataset; in distributed runs rank r takes images r, r + world, ... and sums are reduced."""
+        dataset = dataloader.dataset
+        dataset_name = dataset.opt['name']
+        metric_opts = self.opt['val'].get('metrics') or {}
+        rank, world_size = get_dist_info()
+        indices = range(rank, len(dataset), world_size)
+        sums = torch.zeros(len(metric_opts) + 1, dtype=torch.float64)  # metric sums, then the image count
+        show_progress = rank == 0 and self.opt['val'].get('pbar', False)
+        for index in tqdm(indices, unit='image', desc=f'Test {dataset_name}', disable=not show_progress):
+            data = dataloader.collate_fn([dataset[index]])
+            self.feed_data(data)
+            self.test()
+            if save_img:
+                image_name = osp.splitext(osp.basename(data['lq_path'][0]))[0]
+                atomic_imwrite(tensor2img([self.output.detach().cpu()]),
+                               self._image_path(image_name, dataset_name, current_iter))
+            if metric_opts and 'gt' in data:
+                sums += torch.cat([self._metric_values(), torch.ones(1, dtype=torch.float64)])
+            del self.lq, self.output
+            self.__dict__.pop('gt', None)
+        if world_size > 1:
+            sums = sums.to(self.device)
+            distributed.all_reduce(sums)
+        if metric_opts:
+            self._record_metrics(dataset_name, sums.cpu(), current_iter, tb_logger)
+
+    def _record_metrics(self, dataset_name: str, sums: torch.Tensor, current_iter, tb_logger) -> None:
+        count = int(sums[-1])
+        if count == 0:
+            get_root_logger().warning(f'Validation {dataset_name}: no image with a ground truth, no metrics.')
+            return
+        self.metric_results = {name: float(total) / count for name, total in zip(self.opt['val']['metrics'], sums)}
+        self._initialize_best_metric_results(dataset_name)
+        for name, value in self.metric_results.items():
+            self._update_best_metric_result(dataset_name, name, value, current_iter)
+        self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        self.dataset_results[dataset_name] = dict(self.metric_results)
+        self.dataset_image_counts[dataset_name] = count
+        if not self.is_train:
+            self._write_results_table()
+
+    @master_only
+    def _write_results_table(self) -> None:
+        folder = self.opt['path']['results_root']
+        table = write_results_table(self.dataset_results, self.dataset_image_counts, folder)
+        get_root_logger().info(f'Results table ({osp.join(folder, "results.md")}, results.csv):\n{table}')
+
+    # ------------------------------------------------------------------ saving
+
+    @master_only
+    def save_network(self, net, net_label: str, current_iter: int, param_key='params') -> None:
+        """BasicSR's checkpoint layout ({param_key: state_dict}), written atomically."""
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        checkpoint = {
+            key: {name[len('module.'):] if name.startswith('module.') else name: value.cpu()
+                  for name, value in self.get_bare_model(net_).state_dict().items()}
+            for net_, key in zip(nets, keys)
+        }
+        label = 'latest' if current_iter == -1 else current_iter
+        atomic_torch_save(checkpoint, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
+
+    @master_only
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """BasicSR's resume state (epoch, iter, optimizer and scheduler states), written atomically."""
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
