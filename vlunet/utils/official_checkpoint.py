@@ -14,13 +14,13 @@ Outputs (``torch.save({'params': state_dict})``, written atomically):
 - ``<stem>_clip.pth``: the degradation encoder for ``DegradationCLIP``: ``image_adapter.N.*``,
   ``text_adapter.N.*`` and, when the source carries it, the CLIP model as ``backbone.*``.
 """
-import os
 import os.path as osp
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
+
+from vlunet.utils.atomic_write import atomic_torch_save
 
 # Official -> plugin renames of dotted key segments; the plugin's names say what the tensors are.
 _RENAMED_SEGMENTS: List[Tuple[Tuple[str, ...], Tuple[str, ...]]] = [
@@ -138,20 +138,6 @@ def split_official_checkpoint(checkpoint: object, path: str) -> Tuple[Optional[d
         return None, official_clip_state_dict(checkpoint['learnable_params'])
     raise ValueError(f'{path} is neither an official VLU-Net Lightning checkpoint (a "state_dict" with "net.*" keys) '
                      f'nor an official clip_tuned.pth (with "learnable_params")')
-
-
-def atomic_torch_save(obj: object, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it onto ``path``."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f'.{osp.basename(path)}.', suffix='.tmp')
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.remove(temporary)
-        raise
 
 
 @dataclass
