@@ -13,7 +13,8 @@ def _listed(title: str, items: List[str]) -> str:
     return f'  {title} ({len(items)}):\n' + '\n'.join(f'    {item}' for item in shown) + more
 
 
-def _likely_causes(expected: Mapping[str, torch.Size], loaded: Mapping[str, torch.Tensor], net_config: Dict) -> List[str]:
+def _likely_causes(expected: Mapping[str, torch.Size], loaded: Mapping[str, torch.Tensor],
+                   net_config: Dict) -> List[str]:
     """Guesses, most specific first, at the constructor argument or file format behind a mismatch."""
     causes = []
     if any(key.startswith('net.') or 'prompt_param' in key for key in loaded):
