@@ -321,6 +321,8 @@ def test_tile_options_are_checked():
         parse_tile_options({'size': 16, 'overlap': 16})
     with pytest.raises(ValueError, match='tile.size: expected an integer >= 1'):
         parse_tile_options({'size': '256'})
+    with pytest.raises(ValueError, match='tile.size_multiple: expected an integer >= 1, got 0'):
+        parse_tile_options({'size': None, 'size_multiple': 0})
     with pytest.raises(ValueError, match="unknown keys \\['overlop'\\]"):
         parse_tile_options({'size': 16, 'overlop': 4})
 

@@ -46,6 +46,8 @@ def parse_tile_options(section: Optional[dict]) -> Optional[TileOptions]:
     unknown = set(section) - {'size', 'overlap', 'size_multiple'}
     if unknown:
         raise ValueError(f'tile: unknown keys {sorted(unknown)}; allowed: size, overlap, size_multiple.')
+    if 'size_multiple' in section:
+        _positive_int(section['size_multiple'], 'tile.size_multiple', 1)
     if section.get('size') is None:
         return None
     size = _positive_int(section['size'], 'tile.size', 1)
