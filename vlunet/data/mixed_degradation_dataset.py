@@ -80,7 +80,8 @@ def check_tasks(tasks: object) -> None:
     if 0 < weighted < len(tasks):
         errors.append('tasks: either every task gives a weight or none does (then repeat, default 1, applies).')
     names = [t.get('name') for t in tasks if isinstance(t, dict)]
-    errors += [f'tasks: task name {n!r} appears more than once.' for n in sorted(set(names), key=str) if names.count(n) > 1]
+    repeated = sorted({str(n) for n in names if names.count(n) > 1})
+    errors += [f'tasks: task name {n!r} appears more than once.' for n in repeated]
     if errors:
         raise ValueError('\n  '.join(['invalid MixedDegradationDataset options:'] + errors))
 
@@ -127,7 +128,8 @@ class MixedDegradationDataset(data.Dataset):
             raise ValueError(f'small_image: {self.small_image!r}; use one of {", ".join(SMALL_IMAGE_MODES)}.')
         self.seed = int(opt.get('seed', 0))
         sizes = [len(source.items) for source in self.sources]
-        self.composition = epoch_composition(self.tasks, sizes, int(opt.get('samples_per_epoch', sum(sizes))), self.seed)
+        samples_per_epoch = int(opt.get('samples_per_epoch', sum(sizes)))
+        self.composition = epoch_composition(self.tasks, sizes, samples_per_epoch, self.seed)
         self.file_clients: Dict[int, FileClient] = {}
 
     def __len__(self) -> int:

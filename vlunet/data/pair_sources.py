@@ -105,9 +105,10 @@ def read_pair_list(meta_info_file: str, lq_folder: str, gt_folder: str) -> List[
 
 
 def _is_pair_list(meta_info_file: str) -> bool:
+    """True for ``lq,gt`` lines; BasicSR's ``name (h,w,c)`` lines have no comma in their first field."""
     with open(meta_info_file, encoding='utf-8') as f:
-        first = next((line for line in f if line.strip()), '')
-    return ',' in first
+        first = next((line for line in f if line.strip()), 'x')
+    return ',' in first.split()[0]
 
 
 def _paired_items(source: dict, backend: str) -> List[dict]:
@@ -123,16 +124,18 @@ def _paired_items(source: dict, backend: str) -> List[dict]:
     if source.get('gt_name_from_lq'):
         pattern, replacement = source['gt_name_from_lq']
         return pairs_by_name_mapping(*folders, pattern, replacement)
-    return paired_paths_from_folder(folders, ['lq', 'gt'], tmpl)
+    return sorted(paired_paths_from_folder(folders, ['lq', 'gt'], tmpl), key=lambda item: item['gt_path'])
 
 
 def _gt_only_items(source: dict, backend: str) -> List[dict]:
     folder = osp.expanduser(source['dataroot_gt'])
     if backend == 'lmdb':
         paths = paths_from_lmdb(folder)
+    elif source.get('meta_info_file') and _is_pair_list(source['meta_info_file']):
+        paths = [item['gt_path'] for item in read_pair_list(source['meta_info_file'], folder, folder)]
     elif source.get('meta_info_file'):
         with open(source['meta_info_file'], encoding='utf-8') as f:
-            paths = [osp.join(folder, line.split(',')[-1].strip().split(' ')[0]) for line in f if line.strip()]
+            paths = [osp.join(folder, line.split()[0]) for line in f if line.strip()]
     else:
         paths = [osp.join(folder, rel) for rel in sorted(scandir(folder, suffix=IMAGE_EXTENSIONS, recursive=True))]
     return [{'lq_path': None, 'gt_path': path} for path in paths]
@@ -163,5 +166,6 @@ def resolve_source(key: str, name: str, source: object) -> PairSource:
     except (AssertionError, ValueError, OSError) as err:
         raise ValueError(f'{key}: cannot list the image pairs: {err}') from err
     if not items:
-        raise ValueError(f'{key}: no images found in {source["dataroot_gt"]!r} (supported: {", ".join(IMAGE_EXTENSIONS)}).')
+        raise ValueError(f'{key}: no images found in {source["dataroot_gt"]!r} '
+                         f'(supported: {", ".join(IMAGE_EXTENSIONS)}).')
     return PairSource(items, backend, degradations)

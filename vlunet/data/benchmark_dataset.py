@@ -1,0 +1,88 @@
+"""Paired benchmark test sets, one task per dataset: CBSD68 / Urban100 (+ fixed-seed noise), SOTS, Rain100L, GoPro, LOL.
+
+Options (``datasets.val_*`` / ``datasets.test_*`` with ``type: BenchmarkPairedDataset``)::
+
+    task: denoise_25            # task name (known names give the default text)
+    task_index: 1               # index reported in the samples (default 0)
+    text: image with many noise # CLIP degradation text (default for known names)
+    dataroot_gt: datasets/CBSD68/original_png
+    degradations: [{type: gaussian_noise, sigma: 25}]   # clean-only sets: degraded on the fly
+    # or paired: dataroot_lq: datasets/SOTS/outdoor/hazy
+    #            gt_name_from_lq: ['^(\\d+)_.*$', '\\1']  # 0001_0.8_0.2.jpg -> 0001.png
+    crop_border_base: 16        # crop both images to a multiple of 16 like the official test; ~ = original size
+    seed: 0                     # seed of the fixed degradations
+    io_backend: {type: disk}
+
+Source keys are those of :mod:`vlunet.data.pair_sources`. **Fixed-seed degradations**: the generator
+of each image is seeded from a SHA-256 of ``(seed, gt file name, degradation specs)`` (never Python's
+salted ``hash``), so a clean image gets the same noisy version in every run, process and machine,
+and different images (or σ) get different noise. ``crop_border_base`` is applied to the clean image
+before degrading it, and to both images of a stored pair.
+
+Sample: ``lq``, ``gt`` (float32 (3, H, W) RGB in [0, 1]), ``lq_path`` (the gt path for synthetic
+sets), ``gt_path``, ``task``, ``task_index``, ``text``.
+"""
+import hashlib
+import json
+import os.path as osp
+
+import numpy as np
+from basicsr.utils import FileClient, img2tensor
+from basicsr.utils.registry import DATASET_REGISTRY
+from torch.utils import data
+
+from vlunet.data.image_io import check_same_size, optional_crop_to_multiple, read_image
+from vlunet.data.pair_sources import SOURCE_KEYS, resolve_source
+from vlunet.data.synthetic_degradations import apply_degradations
+from vlunet.data.task_catalog import KNOWN_TASKS, unknown_task_message
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from a SHA-256 of ``parts`` (JSON), identical across processes and machines."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode('utf-8')).digest()
+    return int.from_bytes(digest[:8], 'little')
+
+
+@DATASET_REGISTRY.register()
+class BenchmarkPairedDataset(data.Dataset):
+    """A paired test set of one task at full size (options in the module docstring)."""
+
+    required_options = ('task', 'dataroot_gt')
+
+    def __init__(self, opt: dict):
+        super().__init__()
+        self.opt = opt
+        self.task = opt['task']
+        if 'text' not in opt and self.task not in KNOWN_TASKS:
+            raise ValueError(unknown_task_message(f'datasets.{opt.get("name", "test")}', self.task, 'text'))
+        self.text = opt.get('text') or KNOWN_TASKS[self.task].text
+        self.task_index = int(opt.get('task_index', 0))
+        source = {key: opt[key] for key in SOURCE_KEYS if key in opt}
+        self.source = resolve_source(f'datasets.{opt.get("name", "test")}', self.task, source)
+        self.seed = int(opt.get('seed', 0))
+        self.file_client = None
+
+    def __len__(self) -> int:
+        return len(self.source.items)
+
+    def _client(self) -> FileClient:
+        if self.file_client is None:  # created lazily: LMDB handles must be opened in each worker
+            backend = dict(self.source.io_backend)
+            self.file_client = FileClient(backend.pop('type'), **backend)
+        return self.file_client
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.source.items[index]
+        base = self.opt.get('crop_border_base')
+        gt = read_image(self._client(), item['gt_path'], 'gt')
+        if self.source.degradations is None:
+            lq = read_image(self._client(), item['lq_path'], 'lq')
+            check_same_size(lq, gt, item['lq_path'], item['gt_path'])
+            lq, gt = optional_crop_to_multiple(lq, base), optional_crop_to_multiple(gt, base)
+        else:
+            gt = optional_crop_to_multiple(gt, base)
+            rng = np.random.default_rng(stable_seed(self.seed, osp.basename(item['gt_path']), self.source.degradations))
+            lq = apply_degradations(gt, rng, self.source.degradations)
+        lq_tensor, gt_tensor = img2tensor([lq, gt], bgr2rgb=False, float32=True)
+        return {'lq': lq_tensor, 'gt': gt_tensor, 'lq_path': item['lq_path'] or item['gt_path'],
+                'gt_path': item['gt_path'], 'task': self.task, 'task_index': self.task_index, 'text': self.text}
