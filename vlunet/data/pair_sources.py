@@ -20,7 +20,7 @@ Path listing uses BasicSR's ``basicsr.data.data_util`` helpers wherever their pa
 """
 import os.path as osp
 import re
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from basicsr.data.data_util import (paired_paths_from_folder, paired_paths_from_lmdb,
                                     paired_paths_from_meta_info_file, paths_from_lmdb)
@@ -70,10 +70,10 @@ def _gt_by_stem(gt_folder: str) -> Dict[str, str]:
     return {osp.splitext(rel)[0]: rel for rel in scandir(gt_folder, suffix=IMAGE_EXTENSIONS, recursive=True)}
 
 
-def pairs_by_name_mapping(lq_folder: str, gt_folder: str, pattern: str, replacement: str) -> List[dict]:
+def match_by_stem(lq_folder: str, gt_folder: str, pattern: str, replacement: str) -> Tuple[List[dict], List[str]]:
     """Pair each lq image with the gt image whose stem is ``re.sub(pattern, replacement, lq_stem)``.
 
-    Raises ``ValueError`` listing (up to 5) lq files without a gt partner.
+    Returns the pairs and, for lq images without a partner, ``'lq_rel -> gt_stem.*'`` descriptions.
     """
     gt_stems = _gt_by_stem(gt_folder)
     items, missing = [], []
@@ -84,6 +84,12 @@ def pairs_by_name_mapping(lq_folder: str, gt_folder: str, pattern: str, replacem
             items.append({'lq_path': osp.join(lq_folder, rel), 'gt_path': osp.join(gt_folder, gt_stems[gt_stem])})
         else:
             missing.append(f'{rel} -> {gt_stem}.*')
+    return items, missing
+
+
+def pairs_by_name_mapping(lq_folder: str, gt_folder: str, pattern: str, replacement: str) -> List[dict]:
+    """:func:`match_by_stem`, raising ``ValueError`` listing (up to 5) lq files without a gt partner."""
+    items, missing = match_by_stem(lq_folder, gt_folder, pattern, replacement)
     if missing:
         raise ValueError(f'{len(missing)} lq image(s) in {lq_folder!r} have no gt in {gt_folder!r}: '
                          f'{"; ".join(missing[:5])}')
