@@ -115,6 +115,10 @@ def test_missing_lmdb_key_names_the_key(tmp_path):
      r"tasks\[0\]\.repeat: 0 must be an integer >= 1"),
     ({'name': 'derain', 'source': {'dataroot_gt': '.'}, 'weight': 1, 'repeat': 2},
      r'tasks\[0\]: give repeat or weight, not both'),
+    ({'name': 'derain', 'source': {'dataroot_gt': '.', 'dataroot_lq': '.', 'gt_name_from_lq': ['(', 'x']}},
+     r"tasks\[0\]\.source\.gt_name_from_lq: invalid regular expression '\('"),
+    ({'name': 'derain', 'source': {'dataroot_gt': '.', 'dataroot_lq': '.', 'gt_name_from_lq': 'rain'}},
+     r"tasks\[0\]\.source\.gt_name_from_lq: expected \[regex, replacement\]"),
     ({'name': 'derain', 'source': {'dataroot_gt': '.'}, 'weigth': 1},
      r"tasks\[0\]\.weigth: unknown task key"),
 ])

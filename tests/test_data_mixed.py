@@ -185,3 +185,20 @@ def test_crop_border_base_crops_like_the_official_crop_img(tmp_path):
         patch = (dataset[0]['gt'].numpy().transpose(1, 2, 0)[..., ::-1] * 255).round().astype(np.uint8)
         assert patch.shape == (32, 32, 3)
         assert any(np.array_equal(official[:, left:left + 32], patch) for left in range(17))
+
+
+def test_official_augment_never_returns_the_identity_and_keeps_pairs_aligned(tmp_path):
+    gt = smooth_image(5, 16, 16)
+    write_image(str(tmp_path / 'gt' / 'a.png'), gt)
+    write_image(str(tmp_path / 'lq' / 'a.png'), 255 - gt)
+    source = {'dataroot_lq': str(tmp_path / 'lq'), 'dataroot_gt': str(tmp_path / 'gt')}
+    dataset = _dataset([{'name': 'derain', 'source': source}], official_augment=True)
+    original = gt[..., ::-1].transpose(2, 0, 1) / 255.0
+    random.seed(0)
+    views = set()
+    for _ in range(60):
+        sample = dataset[0]
+        assert not np.allclose(sample['gt'].numpy(), original)
+        assert np.allclose(sample['lq'].numpy(), 1 - sample['gt'].numpy(), atol=1e-6)
+        views.add(sample['gt'].numpy().tobytes())
+    assert len(views) == 7

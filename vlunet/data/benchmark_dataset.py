@@ -71,6 +71,11 @@ class BenchmarkPairedDataset(data.Dataset):
             self.file_client = FileClient(backend.pop('type'), **backend)
         return self.file_client
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state['file_client'] = None  # LMDB environments cannot be pickled (spawned DataLoader workers)
+        return state
+
     def __getitem__(self, index: int) -> dict:
         item = self.source.items[index]
         base = self.opt.get('crop_border_base')

@@ -13,6 +13,7 @@ Options (``datasets.train`` with ``type: MixedDegradationDataset``)::
     gt_size: 128                # random crop size (both images)
     use_hflip: true             # BasicSR augment: horizontal flip
     use_rot: true               # BasicSR augment: vertical flip + 90° rotation
+    official_augment: false     # true: the official augmentation instead (one of 7 non-identity flips/rotations)
     crop_border_base: 16        # crop to a multiple of 16 before the random crop (official crop_img); ~ = off
     small_image: pad            # image smaller than gt_size: pad (reflect) or error
     seed: 0                     # seed of the epoch composition and of fixed degradations
@@ -58,7 +59,7 @@ def _check_task(key: str, task: object) -> List[str]:
         return [f'{key}: expected a mapping with name, source and repeat or weight.']
     errors = [f'{key}.{k}: unknown task key; valid keys: {", ".join(TASK_KEYS)}.' for k in task if k not in TASK_KEYS]
     errors += [f'{key}.{k}: missing.' for k in ('name', 'source') if k not in task]
-    if 'text' not in task and task.get('name') not in KNOWN_TASKS:
+    if not task.get('text') and task.get('name') not in KNOWN_TASKS:
         errors.append(unknown_task_message(key, task.get('name'), 'text'))
     if 'repeat' in task and 'weight' in task:
         errors.append(f'{key}: give repeat or weight, not both.')
@@ -84,6 +85,16 @@ def check_tasks(tasks: object) -> None:
     errors += [f'tasks: task name {n!r} appears more than once.' for n in repeated]
     if errors:
         raise ValueError('\n  '.join(['invalid MixedDegradationDataset options:'] + errors))
+
+
+def official_augment(imgs: List[np.ndarray]) -> List[np.ndarray]:
+    """The official ``random_augmentation``: one mode of 1..7 (never the identity) applied to every HWC image.
+
+    Modes: 1 flip up-down; 2 rot90; 3 flip∘rot90; 4 rot180; 5 flip∘rot180; 6 rot270; 7 flip∘rot270.
+    """
+    mode = random.randint(1, 7)
+    rotated = [np.rot90(img, mode // 2) for img in imgs]
+    return [np.ascontiguousarray(np.flipud(img) if mode % 2 else img) for img in rotated]
 
 
 def split_by_weight(weights: List[float], total: int) -> List[int]:
@@ -152,6 +163,17 @@ class MixedDegradationDataset(data.Dataset):
         img = optional_crop_to_multiple(img, self.opt.get('crop_border_base'))
         return fit_to_crop(img, self.gt_size, self.small_image, path)
 
+    def _augment(self, imgs: List[np.ndarray]) -> List[np.ndarray]:
+        if self.opt.get('official_augment', False):
+            return official_augment(imgs)
+        augmented = augment(imgs, self.opt.get('use_hflip', True), self.opt.get('use_rot', True))
+        return augmented if isinstance(augmented, list) else [augmented]  # BasicSR unwraps a single image
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state['file_clients'] = {}  # LMDB environments cannot be pickled (spawned DataLoader workers)
+        return state
+
     def _degradation_rng(self, index: int, task_index: int, sample_index: int) -> np.random.Generator:
         if self.opt.get('fixed_degradations', False):
             return np.random.default_rng([self.seed, task_index, sample_index])
@@ -168,11 +190,11 @@ class MixedDegradationDataset(data.Dataset):
             check_same_size(lq, gt, item['lq_path'], item['gt_path'])
             gt, lq = paired_random_crop(self._prepare(gt, item['gt_path']), self._prepare(lq, item['lq_path']),
                                         self.gt_size, 1, item['gt_path'])
-            gt, lq = augment([gt, lq], self.opt.get('use_hflip', True), self.opt.get('use_rot', True))
+            gt, lq = self._augment([gt, lq])
         else:
             gt = self._prepare(gt, item['gt_path'])
             gt, _ = paired_random_crop(gt, gt, self.gt_size, 1, item['gt_path'])
-            gt = augment(gt, self.opt.get('use_hflip', True), self.opt.get('use_rot', True))
+            [gt] = self._augment([gt])
             lq = apply_degradations(gt, self._degradation_rng(index, task_index, sample_index), source.degradations)
         lq_tensor, gt_tensor = img2tensor([lq, gt], bgr2rgb=False, float32=True)
         return {'lq': lq_tensor, 'gt': gt_tensor, 'lq_path': item['lq_path'] or item['gt_path'],

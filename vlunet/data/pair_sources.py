@@ -31,7 +31,8 @@ from vlunet.data.task_catalog import KNOWN_TASKS, unknown_task_message
 
 SOURCE_KEYS = ('dataroot_gt', 'dataroot_lq', 'io_backend', 'meta_info_file', 'filename_tmpl', 'gt_name_from_lq',
                'degradations')
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
+_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
+IMAGE_EXTENSIONS = _EXTENSIONS + tuple(ext.upper() for ext in _EXTENSIONS)
 
 
 class PairSource(NamedTuple):
@@ -40,6 +41,18 @@ class PairSource(NamedTuple):
     items: List[Dict[str, Optional[str]]]
     io_backend: dict
     degradations: Optional[List[dict]]
+
+
+def _check_name_mapping(key: str, mapping: object) -> List[str]:
+    if mapping is None:
+        return []
+    if not (isinstance(mapping, (list, tuple)) and len(mapping) == 2 and all(isinstance(m, str) for m in mapping)):
+        return [f"{key}: expected [regex, replacement], e.g. ['^rain-(.*)$', 'norain-\\1'], got {mapping!r}."]
+    try:
+        re.compile(mapping[0])
+    except re.error as err:
+        return [f'{key}: invalid regular expression {mapping[0]!r}: {err}.']
+    return []
 
 
 def _check_keys(key: str, name: str, source: dict) -> List[str]:
@@ -59,6 +72,7 @@ def _check_keys(key: str, name: str, source: dict) -> List[str]:
         errors.append(f'{key}: give either dataroot_lq (paired images) or degradations (synthetic), not both.')
     if 'dataroot_lq' not in source and 'degradations' not in source and name not in KNOWN_TASKS:
         errors.append(unknown_task_message(key, name, 'degradations (or a dataroot_lq)'))
+    errors += _check_name_mapping(f'{key}.gt_name_from_lq', source.get('gt_name_from_lq'))
     for i, spec in enumerate(source.get('degradations') or []):
         errors += check_degradation_spec(f'{key}.degradations[{i}]', spec)
     if 'degradations' in source and not source['degradations']:
