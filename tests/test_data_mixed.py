@@ -1,5 +1,6 @@
 """MixedDegradationDataset: every source type gives aligned pairs; repeat/weight give the configured mixture."""
 import os.path as osp
+import pickle
 import random
 
 import numpy as np
@@ -109,6 +110,8 @@ def test_lmdb_source_built_in_the_test(tmp_path, folder_pairs):
         sample = dataset[index]
         assert sample['gt_path'] == 'abc'[index]
         _assert_aligned(sample, smooth_image(index, SIZE, SIZE + 8))
+    copy = pickle.loads(pickle.dumps(dataset))  # open LMDB handles are not pickled: spawned workers reopen them
+    assert copy.file_clients == {} and dataset.file_clients and len(copy) == 3
 
 
 def test_synthetic_source_degrades_the_augmented_gt_crop(tmp_path, folder_pairs):
