@@ -1,0 +1,218 @@
+"""Degradation-aware CLIP: a frozen open_clip model with trainable image and text adapters (paper Sec. 3.2).
+
+``DegradationCLIP(backbone='ViT-B-32', pretrained=None, adapter_activation='gelu')``:
+
+- ``backbone``: an open_clip model name (``ViT-B-32``, VLU-Net's), or the path of an open_clip
+  model-config JSON file (``<name>.json``), which is registered with ``open_clip.add_model_config``
+  and then built by its file stem: custom or tiny test configs work in every process this way.
+- ``pretrained``: ``None`` (random weights), an open_clip tag (``laion2b_s34b_b79k``, VLU-Net's;
+  downloaded or taken from the Hugging Face cache), or a local file: an open_clip checkpoint (e.g.
+  ``open_clip_pytorch_model.bin``) or a converted ``*_clip.pth`` carrying ``backbone.*`` tensors
+  (``scripts/convert_official_checkpoint.py`` on an official ``.ckpt``).
+- ``adapter_activation``: ``gelu`` (exact erf GELU, what the official restoration code computes d_I
+  with) or ``leaky_relu`` (slope 0.01, the official fine-tuning notebook's).
+
+Submodules: ``backbone`` (the open_clip model: frozen, always in eval mode, run under ``no_grad``),
+``image_adapter`` and ``text_adapter``: ``nn.Sequential`` with the official indices 0..7 =
+Linear, LayerNorm, activation, Linear, LayerNorm, activation, Linear, LayerNorm (all D -> D).
+
+:meth:`DegradationCLIP.load_weights` reads adapter (and optionally backbone) weights from a
+converted ``{'params': state_dict}`` file, an official ``clip_tuned.pth`` (``learnable_params``) or
+the CLIP part (``model_degradation.*``) of an official Lightning ``.ckpt``; official key names are
+mapped by :func:`official_clip_state_dict` (one implementation, shared with the converter).
+"""
+import os.path as osp
+from typing import Dict, List, Optional
+
+import open_clip
+import torch
+from basicsr.utils.registry import ARCH_REGISTRY
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from vlunet.utils.official_checkpoint import load_official_file, official_clip_state_dict
+
+__all__ = ['DegradationCLIP', 'clip_preprocess', 'official_clip_state_dict']
+
+CLIP_INPUT_SIZE = 224
+BACKBONE_PREFIX = 'backbone.'
+ADAPTER_PREFIXES = ('image_adapter.', 'text_adapter.')
+OFFICIAL_DEGRADATION_PREFIX = 'model_degradation.'
+ACTIVATIONS = {'gelu': nn.GELU, 'leaky_relu': nn.LeakyReLU}
+OFFICIAL_WEIGHTS_HELP = ('the Hugging Face repo laion/CLIP-ViT-B-32-laion2B-s34B-b79K, file open_clip_pytorch_model.bin '
+                         '(https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/'
+                         'open_clip_pytorch_model.bin)')
+
+
+def clip_preprocess(images: torch.Tensor, size: int = CLIP_INPUT_SIZE) -> torch.Tensor:
+    """VLU-Net's CLIP input: (B, 3, H, W) float in [0, 1] -> (B, 3, size, size) normalised.
+
+    Bicubic antialiased resize of the short side to ``size`` (long side ``int(size * long / short)``),
+    centre crop (rounded offsets), OpenAI mean/std; no clamping and no uint8 round trip.
+    """
+    images = TF.resize(images, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    images = TF.center_crop(images, [size, size])
+    return TF.normalize(images, list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD))
+
+
+def make_adapter(width: int, activation: str) -> nn.Sequential:
+    """The official 3-layer adapter MLP: indices 0..7 = Linear, LN, act, Linear, LN, act, Linear, LN."""
+    act = ACTIVATIONS[activation]
+    return nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width), act(),
+                         nn.Linear(width, width), nn.LayerNorm(width), act(),
+                         nn.Linear(width, width), nn.LayerNorm(width))
+
+
+def register_backbone_config(backbone: str) -> str:
+    """The open_clip model name of ``backbone``; a ``*.json`` config path is registered first."""
+    if backbone.endswith('.json'):
+        if not osp.isfile(backbone):
+            raise FileNotFoundError(f'backbone: the open_clip model config {backbone!r} does not exist.')
+        open_clip.add_model_config(backbone)
+        return osp.splitext(osp.basename(backbone))[0]
+    if open_clip.get_model_config(backbone) is None:
+        raise ValueError(f'backbone: unknown open_clip model {backbone!r}; use a name from open_clip.list_models() '
+                         '(VLU-Net: ViT-B-32) or the path of an open_clip model-config JSON file.')
+    return backbone
+
+
+def _converted_backbone_state(path: str) -> Optional[Dict[str, torch.Tensor]]:
+    """``backbone.*`` tensors (prefix removed) of a converted ``{'params': ...}`` file, or None for other files."""
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('params'), dict)):
+        return None
+    state = {k[len(BACKBONE_PREFIX):]: v for k, v in checkpoint['params'].items() if k.startswith(BACKBONE_PREFIX)}
+    if not state:
+        raise ValueError(f'pretrained: {path!r} holds adapters only (no backbone.* tensors); give the open_clip '
+                         f'weights ({OFFICIAL_WEIGHTS_HELP}) as pretrained and this file as the adapter weights.')
+    return state
+
+
+def _download_failure_message(name: str, tag: str, error: Exception) -> str:
+    hf_hub = (open_clip.get_pretrained_cfg(name, tag) or {}).get('hf_hub', '')
+    source = (OFFICIAL_WEIGHTS_HELP if (name, tag) == ('ViT-B-32', 'laion2b_s34b_b79k')
+              else f'the Hugging Face repo {hf_hub.rstrip("/")}, file open_clip_pytorch_model.bin')
+    return (f'pretrained: the open_clip weights {name}/{tag} are neither cached nor downloadable ({error}). '
+            f'Download {source} on a machine with internet access and set `pretrained:` to the local file path '
+            '(works offline everywhere), or place it in the Hugging Face cache (~/.cache/huggingface/hub, '
+            'or $HF_HOME).')
+
+
+def build_backbone(name: str, pretrained: Optional[str]) -> nn.Module:
+    """An open_clip model ``name`` with weights from ``pretrained`` (None, tag or local file)."""
+    if pretrained is None:
+        return open_clip.create_model(name, pretrained=None)
+    if osp.isfile(pretrained):
+        state = _converted_backbone_state(pretrained)
+        if state is None:
+            return open_clip.create_model(name, pretrained=pretrained)
+        model = open_clip.create_model(name, pretrained=None)
+        model.load_state_dict(state)
+        return model
+    if pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        raise ValueError(f'pretrained: {pretrained!r} is neither a file nor an open_clip tag of {name} (tags: '
+                         f'{", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"}).')
+    try:
+        return open_clip.create_model(name, pretrained=pretrained)
+    except (RuntimeError, OSError) as error:
+        raise RuntimeError(_download_failure_message(name, pretrained, error)) from error
+
+
+def _adapter_state(checkpoint: object, path: str) -> Dict[str, torch.Tensor]:
+    """DegradationCLIP keys from a converted file, an official ``clip_tuned.pth`` or an official ``.ckpt``."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('params'), dict):
+        return checkpoint['params']
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('learnable_params'), dict):
+        return official_clip_state_dict(checkpoint['learnable_params'])
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
+        degradation = {k[len(OFFICIAL_DEGRADATION_PREFIX):]: v for k, v in checkpoint['state_dict'].items()
+                       if k.startswith(OFFICIAL_DEGRADATION_PREFIX)}
+        if degradation:
+            return official_clip_state_dict(degradation)
+    raise ValueError(f'{path!r} holds no degradation-encoder weights: expected a converted file ({{"params": ...}}), '
+                     'an official clip_tuned.pth ("learnable_params") or an official VLU-Net .ckpt '
+                     '("state_dict" with model_degradation.* keys).')
+
+
+@ARCH_REGISTRY.register()
+class DegradationCLIP(nn.Module):
+    """Frozen open_clip backbone + trainable image/text adapters (see the module docstring)."""
+
+    def __init__(self, backbone: str = 'ViT-B-32', pretrained: Optional[str] = None,
+                 adapter_activation: str = 'gelu'):
+        super().__init__()
+        if adapter_activation not in ACTIVATIONS:
+            raise ValueError(f'adapter_activation: {adapter_activation!r}; use one of {", ".join(ACTIVATIONS)} '
+                             '(gelu: official restoration code; leaky_relu: official fine-tuning notebook).')
+        self.backbone_name = register_backbone_config(backbone)
+        self.backbone = build_backbone(self.backbone_name, pretrained).requires_grad_(False).eval()
+        width = open_clip.get_model_config(self.backbone_name)['embed_dim']
+        self.image_adapter = make_adapter(width, adapter_activation)
+        self.text_adapter = make_adapter(width, adapter_activation)
+        self.tokenizer = open_clip.get_tokenizer(self.backbone_name)
+
+    def train(self, mode: bool = True) -> 'DegradationCLIP':
+        """Set the adapters' mode; the frozen backbone always stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def encode_degradation(self, images: torch.Tensor) -> torch.Tensor:
+        """d_I (B, D) of degraded ``images`` (B, 3, H, W), float RGB in [0, 1], any H and W.
+
+        ``image_adapter(backbone.encode_image(clip_preprocess(images)))``, unnormalised, like the
+        official release; gradients flow into the image adapter only.
+        """
+        if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(f'encode_degradation expects float RGB images (B, 3, H, W) in [0, 1], got '
+                             f'{tuple(images.shape)} {images.dtype}.')
+        with torch.no_grad():
+            features = self.backbone.encode_image(clip_preprocess(images))
+        return self.image_adapter(features)
+
+    def encode_text(self, texts: List[str]) -> torch.Tensor:
+        """Adapted text embeddings (len(texts), D) of degradation descriptions."""
+        if isinstance(texts, str) or not texts:
+            raise ValueError(f'encode_text expects a non-empty list of strings, got {texts!r}.')
+        tokens = self.tokenizer(list(texts)).to(self.image_adapter[0].weight.device)
+        with torch.no_grad():
+            features = self.backbone.encode_text(tokens)
+        return self.text_adapter(features)
+
+    def forward(self, images: torch.Tensor, texts: Optional[List[str]] = None):
+        """:meth:`encode_degradation` (B, D); with ``texts`` the pair (images (B, D), texts (T, D)).
+
+        The pair form lets a training step run both adapters in one call (one DDP forward).
+        """
+        if texts is None:
+            return self.encode_degradation(images)
+        return self.encode_degradation(images), self.encode_text(texts)
+
+    def adapter_state_dict(self) -> Dict[str, torch.Tensor]:
+        """The trainable weights only: ``image_adapter.*`` and ``text_adapter.*``."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(ADAPTER_PREFIXES)}
+
+    def load_weights(self, path: str) -> str:
+        """Load adapters (and ``backbone.*`` when present) from the file ``path``; return what was loaded.
+
+        Accepts a converted ``{'params': state_dict}`` file, an official ``clip_tuned.pth`` or an
+        official Lightning ``.ckpt``. Every adapter tensor must be present.
+        """
+        return self.load_checkpoint(load_official_file(path), path)
+
+    def load_checkpoint(self, checkpoint: object, path: str) -> str:
+        """:meth:`load_weights` on an already loaded ``checkpoint`` (``path`` names it in errors)."""
+        state = _adapter_state(checkpoint, path)
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shape mismatches
+            raise ValueError(f'{path!r} does not fit DegradationCLIP({self.backbone_name}): {error}') from error
+        has_backbone = any(k.startswith(BACKBONE_PREFIX) for k in state)
+        missing = [k for k in missing if has_backbone or not k.startswith(BACKBONE_PREFIX)]
+        if missing or unexpected:
+            raise ValueError(f'{path!r} does not fit DegradationCLIP({self.backbone_name}): missing keys {missing[:4]}'
+                             f'{"..." if len(missing) > 4 else ""}, unexpected keys {unexpected[:4]}'
+                             f'{"..." if len(unexpected) > 4 else ""}. Check the backbone option.')
+        return 'adapters and backbone' if has_backbone else 'adapters'
