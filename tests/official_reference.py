@@ -9,12 +9,14 @@ Usage: ``official_forward(state, image, degradation)`` with ``state`` a state di
 *official* key names (``plugin_to_official_state_dict(net.state_dict())``); every size, including
 head counts (from the ``temperature`` shapes), is read from the state dict. H and W must be
 multiples of 8 and ``degradation`` must be a (B, 512) tensor, as in the official code.
+``OfficialVLUNet(state)`` is the same computation as a trainable module (training-step baseline).
 """
 from typing import Dict
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch import nn
 
 State = Dict[str, torch.Tensor]
 
@@ -106,6 +108,26 @@ def _up(state: State, name: str, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def official_forward(state: State, inp_img: torch.Tensor, degradation: torch.Tensor) -> torch.Tensor:
     """The official ``VLUNet.forward(inp_img, degradation)`` on official-named weights ``state``."""
+    return _official_forward(state, inp_img, degradation)
+
+
+class OfficialVLUNet(nn.Module):
+    """A trainable stand-in for the official network (the training-step baseline of the benchmark).
+
+    Holds a copy of ``state`` (official key names) as parameters and runs the same literal official
+    computation as :func:`official_forward`, with autograd enabled.
+    """
+
+    def __init__(self, state: State):
+        super().__init__()
+        self.names = list(state)
+        self.weights = nn.ParameterList(nn.Parameter(value.detach().clone()) for value in state.values())
+
+    def forward(self, inp_img: torch.Tensor, degradation: torch.Tensor) -> torch.Tensor:
+        return _official_forward(dict(zip(self.names, self.weights)), inp_img, degradation)
+
+
+def _official_forward(state: State, inp_img: torch.Tensor, degradation: torch.Tensor) -> torch.Tensor:
     inp_enc_level1 = _conv(state, 'patch_embed.proj.weight', inp_img)
     img_level1 = _conv(state, 'patch_embed_i.proj.weight', inp_img)
     out_enc_level1 = _dun_block(state, 'encoder_level1', inp_enc_level1, img_level1, degradation)

@@ -68,10 +68,14 @@ class DegradationGuidedGradientStep(nn.Module):
         return self.key_logits(degradation).softmax(dim=1)
 
     def mixed_key(self, degradation: Optional[torch.Tensor], batch: int, size: tuple) -> torch.Tensor:
-        """(B, Ck, H, W): the weighted sum of the key bank, bilinearly resized (no antialias) to ``size``."""
+        """(B, Ck, H, W), channels-last: the weighted sum of the key bank, bilinearly resized (no antialias).
+
+        One (B, num_keys) @ (num_keys, Ck*S*S) product; the bank is never repeated over the batch.
+        """
         bank = self.degradation_keys[0]
         weights = self.key_weights(degradation, batch)
         key = (weights @ bank.flatten(1)).view(batch, *bank.shape[1:])
+        key = key.contiguous(memory_format=torch.channels_last)
         return F.interpolate(key, size=size, mode='bilinear', align_corners=False)
 
     def forward(self, x: torch.Tensor, degraded: torch.Tensor, degradation: Optional[torch.Tensor]) -> torch.Tensor:

@@ -175,7 +175,9 @@ class VLUNet(nn.Module):
         """Restore ``image`` (B, C, H, W) of any size, guided by ``degradation`` (B, D) or None."""
         height, width = image.shape[-2:]
         degradation = self._checked_degradation(degradation, image.shape[0])
-        padded = pad_to_multiple(image, SIZE_MULTIPLE)
+        # Channels-last features make every convolution run without layout reorders (the official
+        # NCHW layout spends most of its time there) and the layer norms and attention copy-free.
+        padded = pad_to_multiple(image, SIZE_MULTIPLE).contiguous(memory_format=torch.channels_last)
         y = self.degraded_features(padded)
 
         level1 = self.encoder_level1(self.embed(padded), y.level1, degradation)
@@ -190,7 +192,7 @@ class VLUNet(nn.Module):
         decoder1 = self.decoder_level1(torch.cat([self.up2_1(decoder2), level1], dim=1), y.decoder1, degradation)
         refined = self.refinement(decoder1, y.decoder1, degradation)
 
-        return (self.output(refined) + padded)[..., :height, :width]
+        return (self.output(refined) + padded)[..., :height, :width].contiguous()
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict`` that names mismatched keys and the likely cause (e.g. wrong de_dim)."""

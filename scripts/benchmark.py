@@ -1,0 +1,458 @@
+"""Speed, memory and exactness of VLU-Net, optionally side by side with the official computation.
+
+Usage:
+    python scripts/benchmark.py --compare-official --json benchmark.json      # the README figures
+    python scripts/benchmark.py --precision bf16 --sizes 256                   # autocast trade-off
+    python scripts/benchmark.py --tiled-4k                                     # 3840x2160, tiles 256/32
+    python scripts/benchmark.py -opt options/train_vlunet_5task.yml --device cuda
+
+Measures, for the network of an option file / ``--arch-json`` (default: official VLUNet, random
+weights or ``--weights`` = a converted checkpoint):
+
+- forward latency (batch 1, inference mode) at each ``--sizes``: median and min-max of
+  ``--repeats`` runs after ``--warmup`` runs; with ``--compare-official`` the official computation
+  (``tests/official_reference.py``, a literal re-implementation of the official code) is timed in
+  the same loop, alternating with ours, and the max relative error between the two is reported;
+- a training step (``--train-batch`` x ``--train-size``^2: forward, L1 loss, backward, AdamW);
+- peak memory of each measurement (CPU: peak RSS above the RSS before the measurement, each in a
+  fresh subprocess; CUDA: ``torch.cuda.max_memory_allocated``);
+- MACs (``scripts/model_stats.py``'s counter) and the compute floor: 2 x MACs at the fp32 matmul
+  rate measured on this machine;
+- the CLIP guidance cost: ``DegradationCLIP.encode_degradation`` on the training batch (random
+  ``--clip-backbone`` weights), alone and as a share of our training step;
+- with ``--precision bf16|fp16``: our network under autocast, its error against our fp32 output
+  (max abs / rel, PSNR on the smooth benchmark image); with ``--compile``: ``torch.compile`` of ours
+  (the first, compiling run is reported separately);
+- with ``--tiled-4k``: restoring a ``--tiled-size`` image in ``--tile``/``--overlap`` tiles.
+"""
+import argparse
+import json
+import math
+import multiprocessing
+import os.path as osp
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
+from basicsr.archs import build_network
+from basicsr.utils.registry import ARCH_REGISTRY
+from model_stats import count_macs, network_options
+from vlunet.options import OptionError
+from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
+from vlunet.utils.atomic_write import atomic_write_text
+from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
+from vlunet.utils.tiling import TileOptions, restore
+
+TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
+sys.path.insert(0, TESTS_DIR)
+from official_reference import OfficialVLUNet, official_forward  # noqa: E402  (tests/ is not a package)
+
+SEED = 0
+Job = Callable[[], object]
+
+
+# ---------------------------------------------------------------- setup
+
+
+def smooth_images(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(batch, 3, H, W) smooth, deterministic images in [0, 1] (low-frequency sinusoids)."""
+    rows = torch.linspace(0, 1, height, device=device).view(1, 1, height, 1)
+    cols = torch.linspace(0, 1, width, device=device).view(1, 1, 1, width)
+    phase = torch.arange(batch * 3, device=device, dtype=torch.float32).view(batch, 3, 1, 1)
+    return 0.5 + 0.4 * torch.sin(2 * math.pi * (rows * 1.3 + cols * 0.7) + phase) * torch.cos(3 * cols + phase)
+
+
+def degradation_vectors(net: nn.Module, batch: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(SEED)
+    dim = getattr(net, 'config', {}).get('degradation_dim', 512)
+    return torch.randn(batch, dim, generator=generator).to(device)
+
+
+def build_ours(net_opt: dict, weights: Optional[str], device: torch.device) -> nn.Module:
+    """Our network (eval mode) with seeded random weights, or the converted ``weights`` file."""
+    torch.manual_seed(SEED)
+    net = build_network(dict(net_opt))
+    if weights:
+        if not osp.isfile(weights):
+            raise OptionError(f'--weights {weights!r} does not exist; convert an official checkpoint with '
+                              'scripts/convert_official_checkpoint.py.')
+        checkpoint = torch.load(weights, map_location='cpu', weights_only=True)
+        net.load_state_dict(checkpoint.get('params', checkpoint) if isinstance(checkpoint, dict) else checkpoint)
+    return net.to(device).eval()
+
+
+def official_state(net: nn.Module) -> Dict[str, torch.Tensor]:
+    """Our weights under the official key names (input of the official computation)."""
+    return {key: value.detach() for key, value in plugin_to_official_state_dict(net.state_dict()).items()}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def forward_job(net: nn.Module, image: torch.Tensor, degradation: torch.Tensor, amp: AmpOptions,
+                device: torch.device) -> Job:
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), autocast(amp, device):
+            return net(image, degradation).float()
+    return run
+
+
+def official_forward_job(state: Dict[str, torch.Tensor], image: torch.Tensor, degradation: torch.Tensor) -> Job:
+    return lambda: official_forward(state, image, degradation)
+
+
+def train_step_job(net: nn.Module, batch: int, size: int, amp: AmpOptions, device: torch.device) -> Job:
+    """One forward + L1 loss + backward + AdamW step of ``net`` (train mode) on a fixed batch."""
+    net.train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-4)
+    scaler = make_grad_scaler(amp, device)
+    target = smooth_images(batch, size, size, device)
+    image = (target + 0.05 * torch.randn(target.shape, generator=torch.Generator().manual_seed(SEED)).to(device))
+    degradation = degradation_vectors(net, batch, device)
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(amp, device):
+            loss = F.l1_loss(net(image, degradation).float(), target)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    return run
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def time_alternating(jobs: Dict[str, Job], repeats: int, warmup: int, device: torch.device) -> Dict[str, dict]:
+    """Seconds of each job: ``warmup`` untimed rounds, then ``repeats`` rounds, jobs alternating in each."""
+    times: Dict[str, List[float]] = {name: [] for name in jobs}
+    first: Dict[str, float] = {}
+    for round_index in range(warmup + repeats):
+        for name, job in jobs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            job()
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            first.setdefault(name, elapsed)
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    return {name: {'median_s': statistics.median(values), 'min_s': min(values), 'max_s': max(values),
+                   'first_s': first[name], 'runs': len(values)} for name, values in times.items()}
+
+
+def _rss_bytes(field: str) -> Optional[int]:
+    try:
+        with open('/proc/self/status', encoding='ascii') as status:
+            for line in status:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux); False where unsupported."""
+    try:
+        with open('/proc/self/clear_refs', 'w', encoding='ascii') as clear_refs:
+            clear_refs.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def _build_memory_job(task: dict) -> Job:
+    device = torch.device(task['device'])
+    amp = AmpOptions(task['precision'] != 'fp32', DTYPES.get(task['precision'], torch.float32))
+    net = build_ours(task['net_opt'], task['weights'], device)
+    kind, size = task['kind'], task['size']
+    if kind == 'ours_train':
+        return train_step_job(net, task['train_batch'], size, amp, device)
+    if kind == 'official_train':
+        return train_step_job(OfficialVLUNet(official_state(net)), task['train_batch'], size, AmpOptions(), device)
+    image = smooth_images(1, *size, device) if kind == 'ours_tiled' else smooth_images(1, size, size, device)
+    degradation = degradation_vectors(net, 1, device)
+    if kind == 'official_forward':
+        return official_forward_job(official_state(net), image, degradation)
+    if kind == 'ours_tiled':
+        tile = TileOptions(task['tile'], task['overlap'])
+        return lambda: tiled_restore(net, image, degradation, tile, amp, device)
+    return forward_job(net, image, degradation, amp, device)
+
+
+def tiled_restore(net: nn.Module, image: torch.Tensor, degradation: torch.Tensor, tile: TileOptions,
+                  amp: AmpOptions, device: torch.device) -> torch.Tensor:
+    """The whole image restored tile by tile (inference mode), as the model's tiled test does."""
+    with torch.inference_mode(), autocast(amp, device):
+        return restore(lambda tile_image: net(tile_image, degradation).float(), image, tile, size_multiple=8)
+
+
+def memory_probe(task: dict) -> dict:
+    """Run one measurement in this (fresh) process; peak memory above the state before it, in bytes."""
+    torch.set_num_threads(task['threads'])
+    device = torch.device(task['device'])
+    job = _build_memory_job(task)
+    if device.type == 'cuda':
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        start = time.perf_counter()
+        job()
+        synchronize(device)
+        return {'extra_bytes': torch.cuda.max_memory_allocated(device) - before,
+                'seconds': time.perf_counter() - start}
+    before = _rss_bytes('VmRSS')
+    resettable = _reset_peak_rss()
+    start = time.perf_counter()
+    job()
+    seconds = time.perf_counter() - start
+    peak = _rss_bytes('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {'extra_bytes': peak - before if before is not None else None, 'peak_bytes': peak, 'seconds': seconds}
+
+
+def measure_memory(task: dict) -> dict:
+    """``memory_probe`` in a fresh subprocess (so earlier allocations do not hide the peak)."""
+    with multiprocessing.get_context('spawn').Pool(1) as pool:
+        return pool.apply(memory_probe, (task,))
+
+
+def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 matrix-multiply rate (GFLOP/s) on ``device``: the compute-floor yardstick."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def precision_error(low: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Max abs / rel error of a low-precision output and its PSNR (dB) against the fp32 output."""
+    mse = F.mse_loss(low.clamp(0, 1), reference.clamp(0, 1)).item()
+    return {'max_abs': (low - reference).abs().max().item(), 'max_rel': relative_error(low, reference),
+            'psnr_db': 10 * math.log10(1 / mse) if mse > 0 else math.inf}
+
+
+def clip_cost(backbone: str, batch: int, size: int, repeats: int, device: torch.device) -> Optional[dict]:
+    """Seconds of ``DegradationCLIP.encode_degradation`` on a batch (random weights); None if unavailable."""
+    if backbone == 'none' or 'DegradationCLIP' not in ARCH_REGISTRY:
+        return None
+    encoder = ARCH_REGISTRY.get('DegradationCLIP')(backbone=backbone, pretrained=None).to(device).eval()
+    images = smooth_images(batch, size, size, device)
+
+    def run() -> None:
+        with torch.inference_mode():
+            encoder.encode_degradation(images)
+    return time_alternating({'clip': run}, repeats, 1, device)['clip']
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def machine_info(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
+            cpu = next(line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    info = {'cpu': cpu, 'threads': torch.get_num_threads(), 'torch': torch.__version__, 'device': str(device),
+            'python': platform.python_version()}
+    if device.type == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_benchmark(args: argparse.Namespace, net_opt: dict) -> dict:
+    device = torch.device(args.device)
+    amp = AmpOptions(args.precision != 'fp32', DTYPES.get(args.precision, torch.float32))
+    net = build_ours(net_opt, args.weights, device)
+    timed_net = compile_network(net, args.compile)
+    state = official_state(net) if args.compare_official else None
+    task = dict(net_opt=net_opt, weights=args.weights, device=args.device, threads=args.threads,
+                precision=args.precision, train_batch=args.train_batch)
+    results: dict = {'machine': machine_info(device), 'network': net_opt, 'precision': args.precision,
+                     'compile': args.compile, 'matmul_gflops': matmul_gflops(device), 'forward': [], 'train': None}
+    for size in args.sizes:
+        image = smooth_images(1, size, size, device)
+        degradation = degradation_vectors(net, 1, device)
+        ours = forward_job(timed_net, image, degradation, amp, device)
+        jobs = {'ours': ours}
+        if state is not None:
+            jobs['official'] = official_forward_job(state, image, degradation)
+        row = {'size': size, 'macs': count_macs(net_opt, size)['total'],
+               **time_alternating(jobs, args.repeats, args.warmup, device)}
+        fp32_output = forward_job(net, image, degradation, AmpOptions(), device)()
+        if state is not None:
+            row['max_rel_error_vs_official'] = relative_error(fp32_output, jobs['official']())
+        if amp.enabled:
+            row['precision_error'] = precision_error(ours(), fp32_output)
+        if args.memory:
+            row['memory'] = {name: measure_memory({**task, 'kind': f'{name}_forward', 'size': size}) for name in jobs}
+        results['forward'].append(row)
+        print(f'forward {size}x{size} done', file=sys.stderr, flush=True)
+    if args.train_size:
+        jobs = {'ours': train_step_job(build_ours(net_opt, args.weights, device), args.train_batch, args.train_size,
+                                       amp, device)}
+        if state is not None:
+            jobs['official'] = train_step_job(OfficialVLUNet(state).to(device), args.train_batch, args.train_size,
+                                              AmpOptions(), device)
+        results['train'] = {'batch': args.train_batch, 'size': args.train_size,
+                            **time_alternating(jobs, args.repeats, args.warmup, device)}
+        if args.memory:
+            results['train']['memory'] = {name: measure_memory({**task, 'kind': f'{name}_train',
+                                                                'size': args.train_size}) for name in jobs}
+        clip = clip_cost(args.clip_backbone, args.train_batch, args.train_size, args.repeats, device)
+        if clip is not None:
+            clip['share_of_train_step'] = clip['median_s'] / results['train']['ours']['median_s']
+            clip['backbone'] = args.clip_backbone
+        results['clip'] = clip
+        print('training step done', file=sys.stderr, flush=True)
+    if args.tiled_4k:
+        width, height = args.tiled_size
+        results['tiled'] = {'width': width, 'height': height, 'tile': args.tile, 'overlap': args.overlap,
+                            **measure_memory({**task, 'kind': 'ours_tiled', 'size': (height, width),
+                                              'tile': args.tile, 'overlap': args.overlap})}
+    return results
+
+
+# ---------------------------------------------------------------- report
+
+
+def _ms(seconds: float) -> str:
+    return f'{seconds * 1e3:,.0f} ms' if seconds < 10 else f'{seconds:,.1f} s'
+
+
+def _timing(entry: Optional[dict]) -> str:
+    if not entry:
+        return '-'
+    return f'{_ms(entry["median_s"])} ({_ms(entry["min_s"])}-{_ms(entry["max_s"])})'
+
+
+def _mib(memory: Optional[dict], name: str) -> str:
+    value = (memory or {}).get(name, {}).get('extra_bytes')
+    return '-' if value is None else f'{value / 2 ** 20:,.0f} MiB'
+
+
+def _ratio(entry: dict) -> str:
+    return f'{entry["official"]["median_s"] / entry["ours"]["median_s"]:.2f}x' if 'official' in entry else '-'
+
+
+def markdown(results: dict) -> str:
+    machine = results['machine']
+    mode = results['precision'] + (' + torch.compile' if results['compile'] else '')
+    lines = [f'Machine: {machine["cpu"]}, {machine["threads"]} threads, torch {machine["torch"]}, '
+             f'device {machine["device"]}{", " + machine["gpu"] if "gpu" in machine else ""}; '
+             f'fp32 matmul {results["matmul_gflops"]:.0f} GFLOP/s. Ours: {mode}. Times: median (min-max).', '',
+             '| forward (batch 1) | GMACs | ours | official | speed-up | ours / compute floor | max rel. error '
+             '| extra memory ours | extra memory official |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for row in results['forward']:
+        floor = 2 * row['macs'] / (results['matmul_gflops'] * 1e9)
+        error = row.get('max_rel_error_vs_official')
+        lines.append(f'| {row["size"]}x{row["size"]} | {row["macs"] / 1e9:.1f} | {_timing(row["ours"])} | '
+                     f'{_timing(row.get("official"))} | {_ratio(row)} | '
+                     f'{row["ours"]["median_s"] / floor:.2f} (floor {_ms(floor)}) | '
+                     f'{"-" if error is None else f"{error:.1e}"} | {_mib(row.get("memory"), "ours")} | '
+                     f'{_mib(row.get("memory"), "official")} |')
+    train = results.get('train')
+    if train:
+        lines += ['', f'| training step (batch {train["batch"]}, {train["size"]}x{train["size"]}, fwd+bwd+AdamW) '
+                      '| ours | official | speed-up | extra memory ours | extra memory official |',
+                  '|---|---|---|---|---|---|',
+                  f'| | {_timing(train["ours"])} | {_timing(train.get("official"))} | {_ratio(train)} | '
+                  f'{_mib(train.get("memory"), "ours")} | {_mib(train.get("memory"), "official")} |']
+    clip = results.get('clip')
+    if clip:
+        lines += ['', f'CLIP guidance ({clip["backbone"]}, encode_degradation on the training batch, inference mode): '
+                      f'{_timing(clip)} = {clip["share_of_train_step"] * 100:.1f}% of our training step.']
+    errors = [row for row in results['forward'] if 'precision_error' in row]
+    if errors:
+        lines += ['', f'| {results["precision"]} vs fp32 (ours) | max abs | max rel | PSNR vs fp32 output |',
+                  '|---|---|---|---|']
+        lines += [f'| {row["size"]}x{row["size"]} | {row["precision_error"]["max_abs"]:.2e} | '
+                  f'{row["precision_error"]["max_rel"]:.2e} | {row["precision_error"]["psnr_db"]:.1f} dB |'
+                  for row in errors]
+    if results['compile']:
+        lines += ['', 'torch.compile: first (compiling) run ' + ', '.join(
+            f'{row["size"]}x{row["size"]} {_ms(row["ours"]["first_s"])}' for row in results['forward'])]
+    tiled = results.get('tiled')
+    if tiled:
+        lines += ['', f'Tiled restore of {tiled["width"]}x{tiled["height"]} (tile {tiled["tile"]}, overlap '
+                      f'{tiled["overlap"]}): {_ms(tiled["seconds"])}, extra memory '
+                      f'{_mib({"t": tiled}, "t")} (peak process RSS {tiled.get("peak_bytes", 0) / 2 ** 30:.2f} GiB).']
+    return '\n'.join(lines)
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument('-opt', help='option file; its network_g section is measured')
+    source.add_argument('--arch-json', help='arch config as JSON (type defaults to VLUNet); default: official VLUNet')
+    parser.add_argument('--weights', help='converted network weights ({"params": state_dict}); default: random')
+    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256, 512], help='square forward sizes')
+    parser.add_argument('--repeats', type=int, default=5, help='timed runs per measurement')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed runs before timing')
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--device', default='cpu', help='cpu, cuda, cuda:1, ...')
+    parser.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
+                        help='ours under autocast in this dtype (the official computation stays fp32)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile our network')
+    parser.add_argument('--compare-official', action='store_true',
+                        help='also time the official computation (alternating) and report the max relative error')
+    parser.add_argument('--train-batch', type=int, default=2, help='training-step batch size')
+    parser.add_argument('--train-size', type=int, default=128, help='training-step crop size (0: skip)')
+    parser.add_argument('--clip-backbone', default='ViT-B-32', help="open_clip model of the CLIP cost ('none': skip)")
+    parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory runs')
+    parser.add_argument('--tiled-4k', action='store_true', help='time a tiled restore of a --tiled-size image')
+    parser.add_argument('--tiled-size', type=int, nargs=2, default=[3840, 2160], metavar=('W', 'H'))
+    parser.add_argument('--tile', type=int, default=256, help='tile size of --tiled-4k')
+    parser.add_argument('--overlap', type=int, default=32, help='tile overlap of --tiled-4k')
+    parser.add_argument('--json', help='also write the results to this JSON file')
+    args = parser.parse_args(argv)
+    if args.compare_official and any(size % 8 for size in args.sizes):
+        parser.error('--compare-official needs --sizes that are multiples of 8 (as the official code does)')
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available on this machine')
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        results = run_benchmark(args, network_options(args.opt, args.arch_json))
+    except (OptionError, json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+    print(markdown(results))
+    if args.json:
+        atomic_write_text(json.dumps(results, indent=2, default=str), args.json)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Optional faster execution modes, off by default: mixed precision (autocast) and ``torch.compile``.
+
+Option file (top level)::
+
+    amp:                 # absent / null / enabled: false = plain fp32
+      enabled: true
+      dtype: bf16        # bf16 (CPU or CUDA) or fp16 (CUDA; needs the GradScaler for training)
+    compile: false       # true: torch.compile the network (slow first iterations while it compiles)
+
+``autocast(amp, device)`` wraps the forward pass (and the loss); ``make_grad_scaler(amp, device)``
+returns a ``torch.amp.GradScaler`` only where one is needed (fp16 training), else None: then call
+``scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()`` and keep
+``scaler.state_dict()`` in the training state so a resumed run continues with the same loss scale.
+VLUNet keeps its attention logits and softmax in float32 under autocast; layer norms run in float32
+through autocast's own op policy.
+"""
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager, Optional
+
+import torch
+from torch import nn
+
+DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
+
+
+@dataclass(frozen=True)
+class AmpOptions:
+    """Mixed precision on/off and its low-precision dtype."""
+    enabled: bool = False
+    dtype: torch.dtype = torch.bfloat16
+
+
+def parse_amp_options(section: Optional[dict]) -> AmpOptions:
+    """Read the option-file ``amp:`` block (absent or null = off) with clear errors for bad values."""
+    if section is None:
+        return AmpOptions()
+    if not isinstance(section, dict):
+        raise ValueError(f'amp: expected a mapping like {{enabled: true, dtype: bf16}}, got {section!r}.')
+    unknown = set(section) - {'enabled', 'dtype'}
+    if unknown:
+        raise ValueError(f'amp: unknown keys {sorted(unknown)}; allowed: enabled, dtype.')
+    enabled = section.get('enabled', False)
+    if not isinstance(enabled, bool):
+        raise ValueError(f'amp.enabled: expected true or false, got {enabled!r}.')
+    dtype_name = section.get('dtype', 'bf16')
+    if dtype_name not in DTYPES:
+        raise ValueError(f'amp.dtype: expected one of {sorted(DTYPES)}, got {dtype_name!r}.')
+    return AmpOptions(enabled, DTYPES[dtype_name])
+
+
+def autocast(amp: AmpOptions, device: torch.device) -> ContextManager:
+    """``torch.autocast`` for ``device`` in ``amp.dtype`` when enabled, else a no-op context."""
+    if not amp.enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=amp.dtype)
+
+
+def make_grad_scaler(amp: AmpOptions, device: torch.device) -> Optional[torch.amp.GradScaler]:
+    """A GradScaler for fp16 training (gradients would underflow without it); None otherwise."""
+    if not amp.enabled or amp.dtype != torch.float16:
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
+
+
+def compile_network(net: nn.Module, enabled: bool) -> nn.Module:
+    """``torch.compile(net)`` when enabled (same parameters, state dict keys gain ``_orig_mod.``)."""
+    return torch.compile(net) if enabled else net
