@@ -178,7 +178,7 @@ class CLIPFinetuneModel(BaseModel):
 
     # ------------------------------------------------------------------ validation
 
-    def _classify(self, dataloader) -> Classification:
+    def classify(self, dataloader) -> Classification:
         """Classify the images of this rank's share of ``dataloader`` and gather all ranks' results."""
         dataset = dataloader.dataset
         rank, world_size = get_dist_info()
@@ -210,7 +210,7 @@ class CLIPFinetuneModel(BaseModel):
         self._evaluate(dataloader, current_iter, tb_logger)
 
     def _evaluate(self, dataloader, current_iter, tb_logger) -> None:
-        classification = self._classify(dataloader)
+        classification = self.classify(dataloader)
         dataset_name = dataloader.dataset.opt['name']
         metric_opts = (self.opt.get('val') or {}).get('metrics') or {}
         data = {'probabilities': classification.probabilities, 'labels': classification.labels}
