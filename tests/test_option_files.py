@@ -1,0 +1,182 @@
+"""Every shipped option file passes the option checker, BasicSR's parse_options, and builds its datasets and model.
+
+Each file is used as shipped except for sizes: its data paths (``datasets/...`` meta-info files and
+folders) are created in a temporary working directory with tiny generated images, its weight files
+are written there for a tiny network of the same ``de_dim``, ``network_g`` is shrunk and the CLIP
+backbone is the tiny test config.
+"""
+import glob
+import json
+import os
+import os.path as osp
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO_ROOT, smooth_image, write_image
+
+import vlunet  # noqa: F401
+from basicsr.archs import build_network
+from basicsr.data import build_dataset
+from basicsr.models import build_model
+from basicsr.utils.options import parse_options
+from vlunet.options import check_option_file, load_option_file
+
+OPTION_FILES = sorted(osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO_ROOT, 'options', '**', '*.yml'),
+                                                                    recursive=True))
+TINY_SIZES = {'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 1, 1],
+              'key_size': 8}
+IMAGE_SIZE = 24
+FLOAT_AND_UINT8_METRICS = {'calculate_psnr', 'calculate_ssim', 'calculate_psnr_float_rgb', 'calculate_ssim_float_rgb'}
+NHRBL_TASKS = ['denoise_15', 'denoise_25', 'denoise_50', 'derain', 'dehaze', 'deblur', 'delowlight']
+NHRBL_TESTS = ['CBSD68-sigma15', 'CBSD68-sigma25', 'CBSD68-sigma50', 'SOTS-outdoor', 'Rain100L', 'GoPro', 'LOL',
+               'CBSD68-random-sigma', 'Urban100-random-sigma', 'Urban100-sigma15', 'Urban100-sigma25',
+               'Urban100-sigma50']
+# Paper settings: (tasks, repeats, validation sets, de_dim, batch per GPU, total_iter, warmup_iter).
+TRAIN_SETTINGS = {
+    'options/train_nhrbl.yml': (NHRBL_TASKS, [3, 3, 3, 120, 1, 1, 1], 7, 7, 4, 906200, 67965),
+    'options/train_nhr.yml': (NHRBL_TASKS[:5], [3, 3, 3, 120, 1], 5, 7, 4, 890000, 66750),
+    'options/train_denoise.yml': (NHRBL_TASKS[:3], [3, 3, 3], 3, 7, 8, 1157400, 86805),
+    'options/train_derain.yml': (['derain'], [120], 1, 5, 8, 600000, 45000),
+    'options/train_dehaze.yml': (['dehaze'], [1], 1, 5, 8, 1803200, 135240),
+}
+TEST_SETTINGS = {  # test set names, de_dim
+    'options/test_nhrbl.yml': (NHRBL_TESTS, 7),
+    'options/test_nhr.yml': ([n for n in NHRBL_TESTS if n not in ('GoPro', 'LOL')], 7),
+    'options/test_official_5task.yml': (NHRBL_TESTS, 7),
+    'options/test_official_3task.yml': ([n for n in NHRBL_TESTS if n not in ('GoPro', 'LOL')], 7),
+    'options/test_official_single_noise.yml': ([n for n in NHRBL_TESTS if 'sigma1' in n or 'sigma2' in n
+                                                or 'sigma5' in n], 7),
+    'options/test_official_single_haze.yml': (['SOTS-outdoor'], 5),
+    'options/test_official_single_rain.yml': (['Rain100L'], 5),
+    'options/test_official_single_blur.yml': (['GoPro'], 5),
+    'options/test_official_single_lowlight.yml': (['LOL'], 5),
+}
+
+
+def _write_images(root: str, names, seed: int) -> None:
+    for i, name in enumerate(names):
+        if not osp.exists(osp.join(root, name)):
+            write_image(osp.join(root, name), smooth_image(seed + i, IMAGE_SIZE, IMAGE_SIZE + i))
+
+
+def _create_source(source: dict) -> None:
+    """Create the folders / meta-info file a dataset source names, with two tiny images (pairs)."""
+    paired = 'dataroot_lq' in source
+    names = ['a.png', 'b.png']
+    meta = source.get('meta_info_file')
+    if meta:
+        lines = [f'lq/{n},gt/{n}' if paired else f'gt/{n}' for n in names]
+        os.makedirs(osp.dirname(meta), exist_ok=True)
+        with open(meta, 'w', encoding='utf-8') as f:
+            f.write('\n'.join(lines) + '\n')
+        _write_images(osp.join(source['dataroot_gt'], 'gt'), names, 0)
+        if paired:
+            _write_images(osp.join(source['dataroot_lq'], 'lq'), names, 10)
+    else:
+        _write_images(source['dataroot_gt'], names, 0)
+        if paired:
+            _write_images(source['dataroot_lq'], names, 10)
+
+
+def _sources(opt: dict):
+    for dataset in opt['datasets'].values():
+        for task in dataset.get('tasks', []):
+            yield task['source']
+        if 'dataroot_gt' in dataset:
+            yield dataset
+
+
+def _save_weights(path: str, module: torch.nn.Module) -> None:
+    os.makedirs(osp.dirname(path) or '.', exist_ok=True)
+    torch.save({'params': module.state_dict()}, path)
+
+
+def _shrink(opt: dict, tiny_clip_name: str) -> dict:
+    """The option dict with a tiny network and CLIP; weight files it names are created to fit."""
+    opt = json.loads(json.dumps(opt))  # plain dicts, aliases resolved
+    for key in [k for k in opt if k.startswith('network_')]:
+        if opt[key]['type'] == 'VLUNet':
+            opt[key].update(TINY_SIZES)
+        elif opt[key]['type'] == 'DegradationCLIP':
+            opt[key].update(backbone=tiny_clip_name, pretrained=None)
+    if opt.get('degradation_encoder'):
+        opt['degradation_encoder'].update(backbone=tiny_clip_name, pretrained=None)
+    paths = opt.get('path', {})
+    if paths.get('pretrain_network_g'):
+        _save_weights(paths['pretrain_network_g'], build_network(dict(opt['network_g'])))
+    if paths.get('pretrain_network_degradation_encoder'):
+        _save_weights(paths['pretrain_network_degradation_encoder'], build_network(dict(opt['degradation_encoder'])))
+    return opt
+
+
+def _parsed(path: str, opt: dict, is_train: bool, monkeypatch) -> dict:
+    with open(path, 'w', encoding='utf-8') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    check_option_file(path, is_train)  # raises OptionError listing every problem
+    monkeypatch.setattr(sys, 'argv', ['vlunet', '-opt', path])
+    parsed, _ = parse_options(os.getcwd(), is_train=is_train)
+    return parsed
+
+
+@pytest.mark.parametrize('option_file', OPTION_FILES)
+def test_option_file_builds_its_datasets_and_model(option_file, tmp_path, monkeypatch, tiny_clip_name):
+    shipped = load_option_file(osp.join(REPO_ROOT, option_file))
+    is_train = 'train' in shipped
+    monkeypatch.chdir(tmp_path)
+    for source in _sources(shipped):
+        _create_source(source)
+    opt = _parsed(str(tmp_path / 'opt.yml'), _shrink(shipped, tiny_clip_name), is_train, monkeypatch)
+    assert opt['scale'] == 1
+    datasets = {phase: build_dataset(dataset_opt) for phase, dataset_opt in opt['datasets'].items()}
+    for phase, dataset in datasets.items():
+        sample = dataset[0]
+        assert sample['lq'].shape[0] == 3 and sample['lq'].shape == sample['gt'].shape, phase
+    model = build_model(opt)
+    assert model.opt['name'] == shipped['name']
+    if 'metrics' in (shipped.get('val') or {}):
+        assert FLOAT_AND_UINT8_METRICS <= {m['type'] for m in shipped['val']['metrics'].values()}
+    if shipped['model_type'] == 'VLUNetModel':
+        assert (model.degradation_encoder is not None) == bool(shipped.get('degradation_encoder'))
+        if is_train:
+            _check_training_schedule(shipped, model)
+            assert shipped.get('find_unused_parameters') is True or option_file.startswith('options/demo/')
+        crop = shipped['datasets'].get('train', {}).get('gt_size')
+        if crop and not option_file.startswith('options/demo/'):
+            assert crop == 128 and datasets['train'][0]['lq'].shape == (3, 128, 128)
+    if option_file in TRAIN_SETTINGS:
+        _check_paper_training_setting(option_file, shipped, model, datasets)
+    if option_file in TEST_SETTINGS:
+        names, de_dim = TEST_SETTINGS[option_file]
+        assert [d['name'] for _, d in sorted(shipped['datasets'].items())] == names
+        assert all(d['crop_border_base'] == 16 for d in shipped['datasets'].values())
+        assert shipped['network_g']['de_dim'] == de_dim and shipped['val']['save_img'] is True
+
+
+def _check_training_schedule(shipped: dict, model) -> None:
+    train = shipped['train']
+    periods = train['scheduler']['periods']
+    assert periods[0] == train['warmup_iter'] - 2 and sum(periods) == train['total_iter']
+    assert type(model.schedulers[0]).__name__ == 'CosineAnnealingRestartLR'
+
+
+def _check_paper_training_setting(option_file: str, shipped: dict, model, datasets) -> None:
+    tasks, repeats, val_sets, de_dim, batch, total_iter, warmup_iter = TRAIN_SETTINGS[option_file]
+    train_set = shipped['datasets']['train']
+    assert [t['name'] for t in train_set['tasks']] == tasks and [t.get('repeat', 1) for t in train_set['tasks']] \
+        == repeats
+    assert datasets['train'].texts[0] == {'denoise_15': 'image with noise', 'derain': 'image with rain',
+                                          'dehaze': 'image with haze'}[tasks[0]]
+    assert sum(k.startswith('val') for k in shipped['datasets']) == val_sets
+    assert shipped['network_g']['de_dim'] == de_dim and train_set['batch_size_per_gpu'] == batch
+    assert train_set['official_augment'] is True and train_set['crop_border_base'] == 16
+    assert (shipped['train']['total_iter'], shipped['train']['warmup_iter']) == (total_iter, warmup_iter)
+    optimizer = model.optimizer_g
+    assert isinstance(optimizer, torch.optim.AdamW)
+    group = optimizer.param_groups[0]
+    assert (group['initial_lr'], group['betas'], group['weight_decay']) == (2e-4, (0.9, 0.999), 0.01)
+    assert shipped['train']['pixel_opt']['type'] == 'L1Loss'
+    assert shipped['path']['pretrain_network_degradation_encoder'].endswith('clip_tuned_clip.pth')
+    assert np.isclose(shipped['val']['val_freq'] * 40, total_iter)  # every 5 of 200 epochs
