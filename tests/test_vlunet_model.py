@@ -146,7 +146,7 @@ def test_auto_resume_reloads_the_encoder_from_its_own_path(trained, workdir):
     log = _log_text(trained)
     resumed = log[log.index('Resuming training from epoch'):]
     assert 'iter: 8.' in resumed and re.search(r'iter:\s+9, lr:', resumed)
-    assert log.count('Loaded the degradation encoder adapters (backbone as built) from clip.pth') == 2
+    assert log.count('Loaded the degradation encoder adapters from clip.pth') == 2
     state = torch.load(trained / 'training_states' / '12.state', map_location='cpu', weights_only=False)
     assert {int(s['step']) for s in state['optimizers'][0]['state'].values()} == {12}
 

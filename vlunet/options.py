@@ -15,7 +15,8 @@ from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 KNOWN_TOP_LEVEL_KEYS = ('name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val',
-                        'logger', 'dist_params', 'find_unused_parameters', 'degradation_encoder', 'tile', 'amp')
+                        'logger', 'dist_params', 'find_unused_parameters', 'degradation_encoder', 'degradation_prompts',
+                        'tile', 'amp', 'compile')
 # Keys required by BasicSR's own datasets, which declare nothing themselves.
 BASICSR_REQUIRED_DATASET_OPTIONS = {
     'PairedImageDataset': ('dataroot_gt', 'dataroot_lq', 'io_backend'),

@@ -13,7 +13,8 @@ The key is not named ``network_*`` on purpose: BasicSR's resume rewrites every
 ``pretrain_network_<x>`` of a ``network_<x>`` to the experiment's models folder, where the frozen
 encoder is never saved. The weight file holds the adapters (``image_adapter.*``, ``text_adapter.*``)
 and optionally the CLIP backbone (``backbone.*``); without backbone keys the backbone keeps the
-weights it was built with (``pretrained``).
+weights it was built with (``pretrained``). The encoder's own ``load_weights(path)`` reads the file, so
+an official ``clip_tuned.pth`` or ``.ckpt`` also works for :class:`DegradationCLIP`.
 """
 import os.path as osp
 from typing import Optional
@@ -24,26 +25,20 @@ from basicsr.utils import get_root_logger
 from torch import nn
 
 WEIGHTS_KEY = 'pretrain_network_degradation_encoder'
-BACKBONE_PREFIX = 'backbone.'
 
 
 def _load_weights(encoder: nn.Module, path: str) -> None:
     if not osp.isfile(path):
         raise FileNotFoundError(f'path.{WEIGHTS_KEY}: {path!r} does not exist. Convert the official clip_tuned.pth '
                                 'with scripts/convert_official_checkpoint.py, or set it to ~ (random adapters).')
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('params'), dict):
-        raise ValueError(f'path.{WEIGHTS_KEY}: {path!r} is not a converted encoder file ({{"params": state_dict}}); '
-                         'convert official files with scripts/convert_official_checkpoint.py.')
-    missing, unexpected = encoder.load_state_dict(checkpoint['params'], strict=False)
-    has_backbone = any(key.startswith(BACKBONE_PREFIX) for key in checkpoint['params'])
-    missing = [key for key in missing if has_backbone or not key.startswith(BACKBONE_PREFIX)]
-    if missing or unexpected:
-        raise ValueError(f'path.{WEIGHTS_KEY}: {path!r} does not fit {type(encoder).__name__}: missing keys '
-                         f'{missing[:5]}{"..." if len(missing) > 5 else ""}, unexpected keys {unexpected[:5]}'
-                         f'{"..." if len(unexpected) > 5 else ""}. Check degradation_encoder.backbone.')
-    source = 'adapters and backbone' if has_backbone else 'adapters (backbone as built)'
-    get_root_logger().info(f'Loaded the degradation encoder {source} from {path}.')
+    if not callable(getattr(encoder, 'load_weights', None)):
+        raise TypeError(f'degradation_encoder.type: {type(encoder).__name__} has no load_weights(path) method, so '
+                        f'path.{WEIGHTS_KEY} cannot be loaded into it.')
+    try:
+        loaded = encoder.load_weights(path)
+    except ValueError as error:
+        raise ValueError(f'path.{WEIGHTS_KEY}: {error}') from error
+    get_root_logger().info(f'Loaded the degradation encoder {loaded} from {path}.')
 
 
 def build_degradation_encoder(encoder_opt: Optional[dict], weights_path: Optional[str],
