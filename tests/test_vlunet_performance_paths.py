@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from official_reference import OfficialVLUNet, official_forward
+from test_vlunet_arch import relative_error
+from test_vlunet_arch import tiny_net as arch_tiny_net
 from vlunet.archs.padding import pad_to_multiple
 from vlunet.archs.restormer_blocks import channel_attention
 from vlunet.archs.vlunet_arch import VLUNet
@@ -21,21 +23,12 @@ from vlunet.utils.precision import AmpOptions, autocast, make_grad_scaler, parse
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BENCHMARK = osp.join(ROOT, 'scripts', 'benchmark.py')
-TINY = dict(de_dim=3, dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 2, 4), key_size=8)
+TINY = dict(de_dim=3, dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 2, 4), key_size=8)  # arch tests' + heads
 
 
 def tiny_net(seed: int = 0) -> VLUNet:
-    """Tiny VLUNet with several heads, every parameter perturbed away from its constant initial value."""
-    torch.manual_seed(seed)
-    net = VLUNet(**TINY)
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.1)
-    return net.eval()
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
+    """The arch tests' perturbed tiny VLUNet, with several attention heads."""
+    return arch_tiny_net(seed, heads=TINY['heads'])
 
 
 def reference_output(net: VLUNet, image: torch.Tensor, degradation: torch.Tensor) -> torch.Tensor:
@@ -181,7 +174,7 @@ def test_benchmark_script_end_to_end(tmp_path):
     assert results['train']['ours']['median_s'] > 0 and results['train']['official']['median_s'] > 0
 
 
-def test_benchmark_rejects_sizes_the_official_code_cannot_take():
-    result = subprocess.run([sys.executable, BENCHMARK, '--sizes', '20', '--compare-official'],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and 'multiples of 8' in result.stderr
+def test_benchmark_rejects_sizes_the_official_code_cannot_take(benchmark, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.parse_args(['--sizes', '20', '--compare-official'])
+    assert exit_info.value.code == 2 and 'multiples of 8' in capsys.readouterr().err
