@@ -9,15 +9,18 @@ Steps:
 1. ``scripts/make_demo_data.py``: degraded/clean pairs of the 7 NHRBL tasks from scikit-image's photos
    (``datasets/demo/``; skipped when present).
 2. A small randomly initialised CLIP degradation encoder (``options/demo/clip_demo_vit.json``),
-   written once to ``experiments/pretrained_models/demo_clip.pth`` so training and testing share it.
-3. ``vlunet/train.py -opt options/demo/train_demo.yml``: a small VLU-Net, guided by that encoder,
+   written once to ``experiments/pretrained_models/demo_clip.pth`` so every step shares its backbone.
+3. ``vlunet/train.py -opt options/demo/train_clip_demo.yml``: its adapters fine-tuned on the demo
+   degradations (``experiments/CLIP_demo/``: zero-shot accuracy, similarity heat-maps).
+4. ``vlunet/train.py -opt options/demo/train_demo.yml``: a small VLU-Net, guided by that encoder,
    trained and validated on the CPU (``experiments/VLUNet_demo/``).
-4. ``vlunet/test.py -opt options/demo/test_demo.yml``: per-task results table and restored images
+5. ``vlunet/test.py -opt options/demo/test_demo.yml``: per-task results table and restored images
    (``results/VLUNet_demo_test/``), printed next to the PSNR of the degraded inputs.
-5. ``scripts/inference.py`` on one validation image (``results/demo_inference/``).
+6. ``scripts/inference.py`` on one validation image (``results/demo_inference/``).
 
-The encoder's weights are random, so its degradation vectors and detected prompts are not the
-fine-tuned CLIP's: the demo shows the machinery working end to end, not the paper's numbers.
+The CLIP backbone is random (not the pretrained ViT-B/32) and its adapters see a few seconds of
+training, so the degradation vectors and detected prompts are far weaker than the paper's: the
+demo shows the machinery working end to end, not the paper's numbers.
 """
 import csv
 import os
@@ -39,6 +42,7 @@ from vlunet.metrics.restoration_metric import calculate_psnr_float_rgb  # noqa: 
 from vlunet.options import load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_torch_save  # noqa: E402
 
+CLIP_OPTIONS = osp.join('options', 'demo', 'train_clip_demo.yml')
 TRAIN_OPTIONS = osp.join('options', 'demo', 'train_demo.yml')
 TEST_OPTIONS = osp.join('options', 'demo', 'test_demo.yml')
 DEMO_DATA = osp.join('datasets', 'demo')
@@ -55,11 +59,11 @@ def run_step(title: str, args: List[str]) -> None:
 
 def write_demo_encoder(test_opt: dict) -> str:
     """Save a seeded random DegradationCLIP (backbone + adapters) where the demo options expect it."""
-    path = osp.join(REPO_ROOT, test_opt['path']['pretrain_network_degradation_encoder'])
+    encoder_opt = dict(test_opt['degradation_encoder'])
+    path = osp.join(REPO_ROOT, encoder_opt.pop('pretrained'))
     if not osp.isfile(path):
         torch.manual_seed(0)
-        encoder = build_network(dict(test_opt['degradation_encoder']))
-        atomic_torch_save({'params': encoder.state_dict()}, path)
+        atomic_torch_save({'params': build_network(dict(encoder_opt, pretrained=None)).state_dict()}, path)
     return path
 
 
@@ -89,20 +93,22 @@ def main() -> None:
     os.chdir(REPO_ROOT)
     test_opt = load_option_file(TEST_OPTIONS)
     if not osp.isdir(DEMO_DATA):
-        run_step('1/5 demo data', [osp.join('scripts', 'make_demo_data.py')])
+        run_step('1/6 demo data', [osp.join('scripts', 'make_demo_data.py')])
     encoder_path = write_demo_encoder(test_opt)
-    print(f'=== 2/5 demo degradation encoder (random weights): {encoder_path}')
-    run_step('3/5 training + validation', [osp.join('vlunet', 'train.py'), '-opt', TRAIN_OPTIONS])
-    run_step('4/5 testing', [osp.join('vlunet', 'test.py'), '-opt', TEST_OPTIONS])
+    print(f'=== 2/6 demo degradation encoder (random weights): {encoder_path}')
+    run_step('3/6 CLIP adapter fine-tuning', [osp.join('vlunet', 'train.py'), '-opt', CLIP_OPTIONS])
+    run_step('4/6 VLU-Net training + validation', [osp.join('vlunet', 'train.py'), '-opt', TRAIN_OPTIONS])
+    run_step('5/6 testing', [osp.join('vlunet', 'test.py'), '-opt', TEST_OPTIONS])
     results = osp.join('results', test_opt['name'])
     print_comparison(input_psnr(test_opt), osp.join(results, 'results.csv'))
     example = osp.join(test_opt['datasets'][EXAMPLE_SET]['dataroot_lq'], sorted(os.listdir(
         test_opt['datasets'][EXAMPLE_SET]['dataroot_lq']))[0])
-    run_step('5/5 inference', [osp.join('scripts', 'inference.py'), example, '-opt', TEST_OPTIONS,
+    run_step('6/6 inference', [osp.join('scripts', 'inference.py'), example, '-opt', TEST_OPTIONS,
                                '-o', INFERENCE_OUTPUT])
-    train_name = load_option_file(TRAIN_OPTIONS)['name']
+    train_name, clip_name = (load_option_file(path)['name'] for path in (TRAIN_OPTIONS, CLIP_OPTIONS))
     print(f'\nDemo finished in {time.time() - start:.0f} s. Outputs:\n'
           f'  data:            {osp.abspath(DEMO_DATA)}\n'
+          f'  CLIP adapters:   {osp.abspath(osp.join("experiments", clip_name))} (models/, visualization/ heat-maps)\n'
           f'  training:        {osp.abspath(osp.join("experiments", train_name))} (models/, log)\n'
           f'  results table:   {osp.abspath(osp.join(results, "results.md"))} (and results.csv)\n'
           f'  restored images: {osp.abspath(osp.join(results, "visualization"))}\n'

@@ -26,7 +26,6 @@ The degradation vector d is computed once from the whole image and shared by all
 official CLIP fine-tuning trains (no normalisation, no temperature) and returns the best prompt
 and the softmax over the prompts.
 """
-import contextlib
 import os.path as osp
 from functools import partial
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
@@ -43,6 +42,7 @@ from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_enc
 from vlunet.options import load_option_file
 from vlunet.utils.atomic_write import atomic_imwrite
 from vlunet.utils.official_checkpoint import detect_de_dim
+from vlunet.utils.precision import AmpOptions, autocast
 from vlunet.utils.tiling import parse_tile_options, restore
 
 DEFAULT_PROMPTS = tuple(task.text for task in KNOWN_TASKS.values())
@@ -138,7 +138,7 @@ class Restorer:
         self.device = resolve_device(device)
         if half and self.device.type != 'cuda':
             raise ValueError('half precision needs a CUDA device (use device="cuda", or drop half).')
-        self.half = half
+        self.amp = AmpOptions(enabled=half, dtype=torch.float16)
         self.tile = parse_tile_options(tile)
         self.net = build_restoration_network(net_weights, network_options, param_key).to(self.device)
         self.size_multiple = (tile or {}).get('size_multiple') or getattr(self.net, 'size_multiple', 1)
@@ -173,11 +173,6 @@ class Restorer:
                              'vlunet.inference.load_image (converts gray, 16-bit, RGBA and BGR order).')
         return img2tensor(np.clip(image, 0, 1), bgr2rgb=False, float32=True).unsqueeze(0).to(self.device)
 
-    def _autocast(self):
-        if self.half:
-            return torch.autocast(device_type='cuda', dtype=torch.float16)
-        return contextlib.nullcontext()
-
     def encode_degradation(self, images: torch.Tensor) -> Optional[torch.Tensor]:
         """d (B, D) of ``images`` (B, 3, H, W) in [0, 1], or None without an encoder."""
         if self.encoder is None:
@@ -193,7 +188,7 @@ class Restorer:
         if degradation is None:
             degradation = self.encode_degradation(images)
         network = self.net if degradation is None else partial(self.net, degradation=degradation)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), autocast(self.amp, self.device):
             output = restore(network, images, self.tile, self.size_multiple)
         return output.float().clamp_(0, 1)
 
