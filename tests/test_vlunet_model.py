@@ -356,3 +356,41 @@ def test_results_markdown_has_a_row_per_dataset_and_the_average():
     assert table.splitlines() == ['| Dataset | Images | psnr | ssim |', '|---|---:|---:|---:|',
                                   '| CBSD68 | 68 | 30.0000 | 0.8000 |', '| Rain100L | 100 | 36.0000 | 0.9000 |',
                                   '| Average | 168 | 33.0000 | 0.8500 |']
+
+
+def _train_model(tmp_path, **extra):
+    torch.manual_seed(0)
+    opt = {'name': 'precision', 'model_type': 'VLUNetModel', 'num_gpu': 0, 'is_train': True, 'dist': False,
+           'network_g': TINY_VLUNET, 'path': {'models': str(tmp_path), 'training_states': str(tmp_path)},
+           'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'total_iter': 2,
+                     'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5},
+                     'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}}, **extra}
+    model = MODEL_REGISTRY.get('VLUNetModel')(opt)
+    images = _ImageSet('amp', 1)
+    model.feed_data(default_collate([images[0], images[0]]))
+    return model
+
+
+def test_bf16_autocast_training_keeps_fp32_outputs_and_close_losses(tmp_path):
+    reference = _train_model(tmp_path)
+    reference.optimize_parameters(1)
+    mixed = _train_model(tmp_path, amp={'enabled': True, 'dtype': 'bf16'})
+    assert mixed.grad_scaler is None
+    mixed.optimize_parameters(1)
+    assert mixed.output.dtype == torch.float32
+    assert abs(mixed.log_dict['l_pix'] - reference.log_dict['l_pix']) < 0.05 * reference.log_dict['l_pix']
+    mixed.test()
+    assert mixed.output.dtype == torch.float32 and torch.isfinite(mixed.output).all()
+
+
+def test_fp16_grad_scaler_state_is_saved_and_restored(tmp_path):
+    model = _train_model(tmp_path, amp={'enabled': True, 'dtype': 'fp16'})
+    assert model.grad_scaler is not None
+    model.optimize_parameters(1)
+    model.grad_scaler.update(1024.0)  # a loss scale that differs from the default
+    model.save_training_state(epoch=0, current_iter=1)
+    state = torch.load(tmp_path / '1.state', map_location='cpu', weights_only=False)
+    assert state['grad_scaler']['scale'] == model.grad_scaler.get_scale()
+    resumed = _train_model(tmp_path, amp={'enabled': True, 'dtype': 'fp16'})
+    resumed.resume_training(state)
+    assert resumed.grad_scaler.get_scale() == model.grad_scaler.get_scale() != 65536.0

@@ -16,6 +16,9 @@ Beyond SRModel:
 - optimisers ``Adam``, ``AdamW``, ``SGD`` (``train.optim_g.type``); BasicSR's schedulers and linear
   warm-up (``train.warmup_iter``) unchanged;
 - checkpoints and training states written atomically;
+- optional mixed precision (top-level ``amp: {enabled, dtype}``: bf16 on CPU/CUDA, fp16 on CUDA
+  with a GradScaler whose state is kept in the training state for resume) and ``compile: true``
+  (``torch.compile`` of the training forward), both off by default (:mod:`vlunet.utils.precision`);
 - validation/testing with optional tiling (top-level ``tile: {size, overlap}``, see
   :mod:`vlunet.utils.tiling`; d is computed once from the whole image and passed to every tile),
   BasicSR uint8 metrics and float-RGB metrics (:mod:`vlunet.metrics.restoration_metric`), images
@@ -40,6 +43,7 @@ from tqdm import tqdm
 from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
 from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder
 from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
+from vlunet.utils.precision import autocast, compile_network, make_grad_scaler, parse_amp_options
 from vlunet.utils.results_table import write_results_table
 from vlunet.utils.tiling import parse_tile_options, restore
 
@@ -57,6 +61,9 @@ class VLUNetModel(SRModel):
 
     def __init__(self, opt: dict):
         super().__init__(opt)
+        self.amp = parse_amp_options(opt.get('amp'))
+        self.grad_scaler = make_grad_scaler(self.amp, self.device) if self.is_train else None
+        self.training_forward_net = compile_network(self.net_g, bool(opt.get('compile', False)))
         self.degradation_encoder = build_degradation_encoder(
             opt.get('degradation_encoder'), opt['path'].get(WEIGHTS_KEY), self.device)
         self.degradation: Optional[torch.Tensor] = None
@@ -77,6 +84,8 @@ class VLUNetModel(SRModel):
             logger.info(f'Degradation encoder: {type(self.degradation_encoder).__name__} with {count:,d} frozen '
                         'parameters (outside net_g: not optimised, not in EMA or checkpoints).')
         logger.info(f'Inference: {self.tile or "whole images"}, padded to a multiple of {self.size_multiple}.')
+        if self.amp.enabled:
+            logger.info(f'Mixed precision: {self.amp.dtype} autocast' + (', GradScaler' if self.grad_scaler else ''))
 
     # ------------------------------------------------------------------ optimisation
 
@@ -115,10 +124,18 @@ class VLUNetModel(SRModel):
 
     def optimize_parameters(self, current_iter: int) -> None:
         self.optimizer_g.zero_grad()
-        self.output = self.guided_forward(self.net_g, self.lq)
+        with autocast(self.amp, self.device):
+            self.output = self.guided_forward(self.training_forward_net, self.lq)
+        self.output = self.output.float()  # losses in fp32 also under autocast
         losses = self._losses()
-        sum(losses.values()).backward()
-        self.optimizer_g.step()
+        total = sum(losses.values())
+        if self.grad_scaler is None:
+            total.backward()
+            self.optimizer_g.step()
+        else:
+            self.grad_scaler.scale(total).backward()
+            self.grad_scaler.step(self.optimizer_g)
+            self.grad_scaler.update()
         self.log_dict = self.reduce_loss_dict(losses)
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
@@ -130,8 +147,8 @@ class VLUNetModel(SRModel):
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
         was_training = net.training
         net.eval()
-        with torch.no_grad():
-            self.output = restore(partial(self.guided_forward, net), self.lq, self.tile, self.size_multiple)
+        with torch.no_grad(), autocast(self.amp, self.device):
+            self.output = restore(partial(self.guided_forward, net), self.lq, self.tile, self.size_multiple).float()
         net.train(was_training)
 
     def _metric_values(self) -> torch.Tensor:
@@ -215,9 +232,17 @@ class VLUNetModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """BasicSR's resume state (epoch, iter, optimizer and scheduler states), written atomically."""
+        """BasicSR's resume state (epoch, iter, optimizer and scheduler states, plus the GradScaler's), atomically."""
         if current_iter == -1:
             return
         state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
                  'schedulers': [s.state_dict() for s in self.schedulers]}
+        if self.grad_scaler is not None:
+            state['grad_scaler'] = self.grad_scaler.state_dict()
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state: dict) -> None:
+        """BasicSR's optimizer/scheduler restore, plus the GradScaler's loss scale when fp16 AMP is on."""
+        super().resume_training(resume_state)
+        if self.grad_scaler is not None and 'grad_scaler' in resume_state:
+            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
