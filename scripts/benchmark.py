@@ -366,10 +366,10 @@ def markdown(results: dict) -> str:
     mode = results['precision'] + (' + torch.compile' if results['compile'] else '')
     lines = [f'Machine: {machine["cpu"]}, {machine["threads"]} threads, torch {machine["torch"]}, '
              f'device {machine["device"]}{", " + machine["gpu"] if "gpu" in machine else ""}; '
-             f'fp32 matmul {results["matmul_gflops"]:.0f} GFLOP/s. Ours: {mode}. Times: median (min-max).', '',
-             '| forward (batch 1) | GMACs | ours | official | speed-up | ours / compute floor | max rel. error '
-             '| extra memory ours | extra memory official |',
-             '|---|---|---|---|---|---|---|---|---|']
+             f'fp32 matmul {results["matmul_gflops"]:.0f} GFLOP/s. Ours: {mode}. Times: median (min-max).']
+    if results['forward']:
+        lines += ['', '| forward (batch 1) | GMACs | ours | official | speed-up | ours / compute floor | max rel. error '
+                      '| extra memory ours | extra memory official |', '|---|---|---|---|---|---|---|---|---|']
     for row in results['forward']:
         floor = 2 * row['macs'] / (results['matmul_gflops'] * 1e9)
         error = row.get('max_rel_error_vs_official')
@@ -413,7 +413,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     source.add_argument('-opt', help='option file; its network_g section is measured')
     source.add_argument('--arch-json', help='arch config as JSON (type defaults to VLUNet); default: official VLUNet')
     parser.add_argument('--weights', help='converted network weights ({"params": state_dict}); default: random')
-    parser.add_argument('--sizes', type=int, nargs='+', default=[128, 256, 512], help='square forward sizes')
+    parser.add_argument('--sizes', type=int, nargs='*', default=[128, 256, 512],
+                        help='square forward sizes (none: skip the forward timings)')
     parser.add_argument('--repeats', type=int, default=5, help='timed runs per measurement')
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs before timing')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch.set_num_threads)')

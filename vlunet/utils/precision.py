@@ -11,8 +11,9 @@ Option file (top level)::
 returns a ``torch.amp.GradScaler`` only where one is needed (fp16 training), else None: then call
 ``scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()`` and keep
 ``scaler.state_dict()`` in the training state so a resumed run continues with the same loss scale.
-VLUNet keeps its attention logits and softmax in float32 under autocast; layer norms run in float32
-through autocast's own op policy.
+VLUNet keeps its attention logits and softmax in float32 under autocast (torch's layer-norm kernels
+accumulate low-precision inputs in float32). On CPU, bf16 pays off only with native bf16 instructions
+(AVX512-BF16 / AMX); ``torch.compile`` needs a C++ compiler and takes minutes on a small CPU.
 """
 import contextlib
 from dataclasses import dataclass
@@ -64,5 +65,9 @@ def make_grad_scaler(amp: AmpOptions, device: torch.device) -> Optional[torch.am
 
 
 def compile_network(net: nn.Module, enabled: bool) -> nn.Module:
-    """``torch.compile(net)`` when enabled (same parameters, state dict keys gain ``_orig_mod.``)."""
+    """``torch.compile(net)`` when enabled, else ``net``.
+
+    The compiled module shares ``net``'s parameters, but its state dict keys gain ``_orig_mod.``:
+    use the returned module for forward passes and keep saving/loading ``net`` itself.
+    """
     return torch.compile(net) if enabled else net
