@@ -216,13 +216,16 @@ def memory_probe(task: dict) -> dict:
         synchronize(device)
         return {'extra_bytes': torch.cuda.max_memory_allocated(device) - before,
                 'seconds': time.perf_counter() - start}
-    before = _rss_bytes('VmRSS')
     resettable = _reset_peak_rss()
+    before = _rss_bytes('VmRSS')
     start = time.perf_counter()
     job()
     seconds = time.perf_counter() - start
     peak = _rss_bytes('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {'extra_bytes': peak - before if before is not None else None, 'peak_bytes': peak, 'seconds': seconds}
+    if before is None:
+        return {'extra_bytes': None, 'peak_bytes': peak, 'seconds': seconds}
+    # The kernel's RSS counters are cached per thread and may lag by a few pages: never report < 0.
+    return {'extra_bytes': max(peak - before, 0), 'peak_bytes': max(peak, before), 'seconds': seconds}
 
 
 def measure_memory(task: dict) -> dict:

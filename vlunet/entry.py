@@ -4,6 +4,8 @@ import os
 import sys
 from typing import Callable
 
+from torch import distributed
+
 from vlunet import compat
 from vlunet.options import OptionError, check_option_file
 
@@ -13,6 +15,8 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
 
     Outputs (``experiments/``, ``results/``, ``tb_logger/``) go under the directory the command is
     run from, also when vlunet is pip-installed: basicsr 1.4.2 puts them under ``root_path``.
+    The process group BasicSR opened is closed at the end (basicsr never does; gloo ranks that exit
+    with it still open can abort with SIGABRT at interpreter shutdown).
     """
     sys.argv = compat.normalize_local_rank_argument(sys.argv)
     parser = argparse.ArgumentParser(add_help=False)
@@ -26,3 +30,6 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
         for warning in warnings:
             print(f'warning: {known.opt}: {warning}', file=sys.stderr, flush=True)
     pipeline(os.getcwd())
+    if distributed.is_available() and distributed.is_initialized():
+        distributed.barrier()  # no rank tears the group down while another still uses it
+        distributed.destroy_process_group()

@@ -60,6 +60,7 @@ class CLIPFinetuneModel(BaseModel):
 
     get_optimizer = VLUNetModel.get_optimizer  # Adam, AdamW, SGD
     save_training_state = VLUNetModel.save_training_state  # atomic, optimisers + schedulers only
+    grad_scaler = None  # the adapters train in fp32: no GradScaler state to save
 
     def __init__(self, opt: dict):
         super().__init__(opt)
