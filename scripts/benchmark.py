@@ -199,7 +199,8 @@ def tiled_restore(net: nn.Module, image: torch.Tensor, degradation: torch.Tensor
                   amp: AmpOptions, device: torch.device) -> torch.Tensor:
     """The whole image restored tile by tile (inference mode), as the model's tiled test does."""
     with torch.inference_mode(), autocast(amp, device):
-        return restore(lambda tile_image: net(tile_image, degradation).float(), image, tile, size_multiple=8)
+        return restore(lambda tile_image: net(tile_image, degradation).float(), image, tile, size_multiple=8,
+                       progress=True)
 
 
 def memory_probe(task: dict) -> dict:

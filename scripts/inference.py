@@ -74,7 +74,7 @@ def restorer_settings(args: argparse.Namespace) -> dict:
     settings = {'net_weights': args.net_weights, 'network_options': args.network_json,
                 'clip_weights': args.clip_weights, 'device': args.device,
                 'tile': {'size': args.tile, 'overlap': args.tile_overlap} if args.tile else None,
-                'half': args.half or None, 'prompts': args.prompts}
+                'half': args.half or None, 'prompts': args.prompts, 'progress': True}
     if args.clip_backbone or args.clip_pretrained:
         settings['encoder_options'] = dict(DEFAULT_ENCODER, backbone=args.clip_backbone or DEFAULT_ENCODER['backbone'],
                                            pretrained=args.clip_pretrained)

@@ -320,6 +320,18 @@ def test_pointwise_network_tiles_exactly_and_padding_is_cropped():
                                    conv(image), rtol=1e-5, atol=1e-6)
 
 
+def test_tile_progress_bar_counts_the_tiles_without_changing_the_output(capsys):
+    conv = nn.Conv2d(3, 3, 1)
+    image = torch.rand(1, 3, 30, 50)
+    with torch.no_grad():
+        quiet = restore(conv, image, TileOptions(16, 4))
+        assert capsys.readouterr().err == ''
+        shown = restore(conv, image, TileOptions(16, 4), progress=True)
+    assert torch.equal(quiet, shown)
+    tiles = len(tile_starts(30, 16, 4)) * len(tile_starts(50, 16, 4))
+    assert re.search(rf'Tiles:.* 0/{tiles} ', capsys.readouterr().err)
+
+
 def test_tile_options_are_checked():
     assert parse_tile_options(None) is None and parse_tile_options({'size': None}) is None
     assert parse_tile_options({'size': 64, 'overlap': 8}) == TileOptions(64, 8)

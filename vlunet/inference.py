@@ -130,16 +130,19 @@ class Restorer:
         half: float16 autocast for the network on CUDA (the encoder stays float32).
         prompts: degradation texts for :meth:`detect_degradation` (default: the seven official ones).
         param_key: key of the network weights in ``net_weights`` (falls back to params / params_ema).
+        progress: show a progress bar over the tiles of each image (tiled inference only).
     """
 
     def __init__(self, net_weights: str, clip_weights: Optional[str] = None, network_options: Optional[dict] = None,
                  encoder_options: Optional[dict] = None, device: str = 'cpu', tile: Optional[dict] = None,
-                 half: bool = False, prompts: Sequence[str] = DEFAULT_PROMPTS, param_key: str = 'params'):
+                 half: bool = False, prompts: Sequence[str] = DEFAULT_PROMPTS, param_key: str = 'params',
+                 progress: bool = False):
         self.device = resolve_device(device)
         if half and self.device.type != 'cuda':
             raise ValueError('half precision needs a CUDA device (use device="cuda", or drop half).')
         self.amp = AmpOptions(enabled=half, dtype=torch.float16)
         self.tile = parse_tile_options(tile)
+        self.progress = progress
         self.net = build_restoration_network(net_weights, network_options, param_key).to(self.device)
         self.size_multiple = (tile or {}).get('size_multiple') or getattr(self.net, 'size_multiple', 1)
         if clip_weights is not None or encoder_options is not None:
@@ -189,7 +192,7 @@ class Restorer:
             degradation = self.encode_degradation(images)
         network = self.net if degradation is None else partial(self.net, degradation=degradation)
         with torch.no_grad(), autocast(self.amp, self.device):
-            output = restore(network, images, self.tile, self.size_multiple)
+            output = restore(network, images, self.tile, self.size_multiple, self.progress)
         return output.float().clamp_(0, 1)
 
     def restore(self, image: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 import torch
+from tqdm import tqdm
 
 from vlunet.archs.padding import pad_to_multiple
 
@@ -90,28 +91,32 @@ def run_padded(fn: ImageFunction, image: torch.Tensor, size_multiple: int = 1) -
 
 
 def restore_tiled(fn: ImageFunction, image: torch.Tensor, tile_size: int, overlap: int,
-                  size_multiple: int = 1) -> torch.Tensor:
-    """Apply ``fn`` to overlapping tiles of ``image`` (B, C, H, W) and blend them into (B, C', H, W)."""
+                  size_multiple: int = 1, progress: bool = False) -> torch.Tensor:
+    """Apply ``fn`` to overlapping tiles of ``image`` (B, C, H, W) and blend them into (B, C', H, W).
+
+    ``progress``: show a tile progress bar (large images take minutes on a CPU).
+    """
     height, width = image.shape[-2:]
     rows, cols = tile_starts(height, tile_size, overlap), tile_starts(width, tile_size, overlap)
     output = weight_sum = None
-    for row_index, top in enumerate(rows):
-        for col_index, left in enumerate(cols):
-            tile = image[..., top:top + tile_size, left:left + tile_size]
-            restored = run_padded(fn, tile, size_multiple)
-            if output is None:
-                output = image.new_zeros(*restored.shape[:-2], height, width, dtype=restored.dtype)
-                weight_sum = image.new_zeros(height, width, dtype=restored.dtype)
-            weights = torch.outer(_axis_weights(rows, row_index, tile.shape[-2], overlap, image.device),
-                                  _axis_weights(cols, col_index, tile.shape[-1], overlap, image.device))
-            output[..., top:top + tile.shape[-2], left:left + tile.shape[-1]] += restored * weights
-            weight_sum[top:top + tile.shape[-2], left:left + tile.shape[-1]] += weights
+    positions = [(r, top, c, left) for r, top in enumerate(rows) for c, left in enumerate(cols)]
+    for row_index, top, col_index, left in tqdm(positions, desc='Tiles', unit='tile', leave=False,
+                                                 disable=not progress):
+        tile = image[..., top:top + tile_size, left:left + tile_size]
+        restored = run_padded(fn, tile, size_multiple)
+        if output is None:
+            output = image.new_zeros(*restored.shape[:-2], height, width, dtype=restored.dtype)
+            weight_sum = image.new_zeros(height, width, dtype=restored.dtype)
+        weights = torch.outer(_axis_weights(rows, row_index, tile.shape[-2], overlap, image.device),
+                              _axis_weights(cols, col_index, tile.shape[-1], overlap, image.device))
+        output[..., top:top + tile.shape[-2], left:left + tile.shape[-1]] += restored * weights
+        weight_sum[top:top + tile.shape[-2], left:left + tile.shape[-1]] += weights
     return output / weight_sum
 
 
 def restore(fn: ImageFunction, image: torch.Tensor, tile: Optional[TileOptions] = None,
-            size_multiple: int = 1) -> torch.Tensor:
+            size_multiple: int = 1, progress: bool = False) -> torch.Tensor:
     """Whole-image (``tile=None``) or tiled application of ``fn`` to ``image`` (B, C, H, W)."""
     if tile is None:
         return run_padded(fn, image, size_multiple)
-    return restore_tiled(fn, image, tile.size, tile.overlap, size_multiple)
+    return restore_tiled(fn, image, tile.size, tile.overlap, size_multiple, progress)
