@@ -150,6 +150,24 @@ def test_synthetic_noise_is_reproducible_and_fixed_option_repeats_it(tmp_path):
     assert not torch.equal(fixed[0]['lq'] - fixed[0]['gt'], fixed[1]['lq'] - fixed[1]['gt'])
 
 
+def test_validation_phase_gives_the_same_centre_crops_every_time(tmp_path, folder_pairs):
+    tasks = [{'name': 'derain', 'source': folder_pairs},
+             {'name': 'denoise_50', 'source': {'dataroot_gt': folder_pairs['dataroot_gt']}}]
+    val = _dataset(tasks, phase='val', use_hflip=True, use_rot=True)
+    random.seed(0)
+    first = [val[i] for i in range(len(val))]
+    random.seed(1)
+    for sample, again in zip(first, [val[i] for i in range(len(val))]):
+        assert torch.equal(sample['lq'], again['lq']) and torch.equal(sample['gt'], again['gt'])
+    top, left = (SIZE - 16) // 2, (SIZE + 8 - 16) // 2
+    for index, sample in enumerate(first):
+        centre = smooth_image(index % 3, SIZE, SIZE + 8)[top:top + 16, left:left + 16, ::-1]
+        gt_uint8 = (sample['gt'].numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        assert np.array_equal(gt_uint8, centre)  # the centre, neither flipped nor rotated
+    assert np.allclose(first[0]['lq'].numpy(), 1 - first[0]['gt'].numpy(), atol=1e-6)
+    assert 40 < (first[3]['lq'] - first[3]['gt']).std() * 255 < 55
+
+
 def test_repeat_gives_the_official_concatenation(folder_pairs):
     tasks = [{'name': 'denoise_15', 'source': {'dataroot_gt': folder_pairs['dataroot_gt']}, 'repeat': 3},
              {'name': 'derain', 'source': folder_pairs, 'repeat': 120},

@@ -94,6 +94,13 @@ def fit_to_crop(img: np.ndarray, size: int, mode: str, path: str) -> np.ndarray:
     return cv2.copyMakeBorder(img, 0, max(size - height, 0), 0, max(size - width, 0), cv2.BORDER_REFLECT_101)
 
 
+def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size`` × ``size`` region of an image at least that large (H, W, C) -> (size, size, C)."""
+    height, width = img.shape[:2]
+    top, left = (height - size) // 2, (width - size) // 2
+    return img[top:top + size, left:left + size]
+
+
 def optional_crop_to_multiple(img: np.ndarray, base: Optional[int]) -> np.ndarray:
     """:func:`crop_to_multiple` when ``base`` is set (``crop_border_base`` option), else ``img`` unchanged."""
     return crop_to_multiple(img, base) if base else img

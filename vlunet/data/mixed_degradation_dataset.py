@@ -33,6 +33,10 @@ BasicSR (``manual_seed``, + worker id in workers), so a run is reproducible for 
 With ``true`` the seed is ``(seed, task_index, sample_index)``: the same degradation in every epoch
 (like the official pre-computed noisy files).
 
+**Validation and test.** Outside the training phase (``phase: val`` / ``test``, which BasicSR sets
+for ``datasets.val*`` / ``test*``) every sample is the *centre* ``gt_size`` crop, without flips or
+rotations, with fixed degradations: each validation sees exactly the same images.
+
 Sample: ``lq``, ``gt`` (float32 (3, gt_size, gt_size) RGB in [0, 1]), ``lq_path`` (the gt path for
 synthetic samples), ``gt_path``, ``task``, ``task_index``, ``text``.
 """
@@ -45,8 +49,8 @@ from basicsr.utils import FileClient, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-from vlunet.data.image_io import (SMALL_IMAGE_MODES, check_same_size, fit_to_crop, optional_crop_to_multiple,
-                                  read_image)
+from vlunet.data.image_io import (SMALL_IMAGE_MODES, centre_crop, check_same_size, fit_to_crop,
+                                  optional_crop_to_multiple, read_image)
 from vlunet.data.pair_sources import PairSource, resolve_source
 from vlunet.data.synthetic_degradations import apply_degradations
 from vlunet.data.task_catalog import KNOWN_TASKS, unknown_task_message
@@ -142,6 +146,7 @@ class MixedDegradationDataset(data.Dataset):
         samples_per_epoch = int(opt.get('samples_per_epoch', sum(sizes)))
         self.composition = epoch_composition(self.tasks, sizes, samples_per_epoch, self.seed)
         self.file_clients: Dict[int, FileClient] = {}
+        self.training = opt.get('phase', 'train') == 'train'
 
     def __len__(self) -> int:
         return len(self.composition)
@@ -163,7 +168,14 @@ class MixedDegradationDataset(data.Dataset):
         img = optional_crop_to_multiple(img, self.opt.get('crop_border_base'))
         return fit_to_crop(img, self.gt_size, self.small_image, path)
 
+    def _crop(self, gt: np.ndarray, lq: np.ndarray, gt_path: str) -> Tuple[np.ndarray, np.ndarray]:
+        if self.training:
+            return paired_random_crop(gt, lq, self.gt_size, 1, gt_path)
+        return centre_crop(gt, self.gt_size), centre_crop(lq, self.gt_size)
+
     def _augment(self, imgs: List[np.ndarray]) -> List[np.ndarray]:
+        if not self.training:
+            return imgs
         if self.opt.get('official_augment', False):
             return official_augment(imgs)
         augmented = augment(imgs, self.opt.get('use_hflip', True), self.opt.get('use_rot', True))
@@ -175,7 +187,7 @@ class MixedDegradationDataset(data.Dataset):
         return state
 
     def _degradation_rng(self, index: int, task_index: int, sample_index: int) -> np.random.Generator:
-        if self.opt.get('fixed_degradations', False):
+        if self.opt.get('fixed_degradations', False) or not self.training:
             return np.random.default_rng([self.seed, task_index, sample_index])
         return np.random.default_rng([self.seed, index, random.getrandbits(32)])
 
@@ -188,12 +200,11 @@ class MixedDegradationDataset(data.Dataset):
         if source.degradations is None:
             lq = read_image(client, item['lq_path'], 'lq')
             check_same_size(lq, gt, item['lq_path'], item['gt_path'])
-            gt, lq = paired_random_crop(self._prepare(gt, item['gt_path']), self._prepare(lq, item['lq_path']),
-                                        self.gt_size, 1, item['gt_path'])
+            gt, lq = self._crop(self._prepare(gt, item['gt_path']), self._prepare(lq, item['lq_path']), item['gt_path'])
             gt, lq = self._augment([gt, lq])
         else:
             gt = self._prepare(gt, item['gt_path'])
-            gt, _ = paired_random_crop(gt, gt, self.gt_size, 1, item['gt_path'])
+            gt, _ = self._crop(gt, gt, item['gt_path'])
             [gt] = self._augment([gt])
             lq = apply_degradations(gt, self._degradation_rng(index, task_index, sample_index), source.degradations)
         lq_tensor, gt_tensor = img2tensor([lq, gt], bgr2rgb=False, float32=True)
