@@ -1,5 +1,36 @@
-"""Installation of vlunet, the BasicSR plugin for vision-language guided all-in-one restoration."""
+"""Installation of vlunet, the BasicSR plugin for vision-language guided all-in-one restoration.
+
+Besides the ``vlunet`` package this installs the top-level module ``vlunet_basicsr_hook`` and
+``vlunet_basicsr_hook.pth`` into site-packages, so that BasicSR's own entry points
+(``python -m basicsr.train``, ``basicsr/train.py``) import vlunet right after basicsr.
+"""
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HOOK_PTH = 'vlunet_basicsr_hook.pth'
+
+
+class BuildPyWithHookPth(build_py):
+    """``build_py`` that also puts :data:`HOOK_PTH` at the top of the wheel (site-packages).
+
+    Regular wheel (``pip install .``): the file goes to ``build_lib``, copied whole into the wheel.
+    Editable wheel (PEP 660, ``pip install -e .``): ``build_lib`` is thrown away, and setuptools'
+    ``editable_wheel`` packs the folder it configured as ``install``'s ``install_lib``, so the file
+    goes there. Either way it is listed in the wheel's RECORD, so ``pip uninstall`` removes it.
+    """
+
+    def run(self) -> None:
+        super().run()
+        folder = self.get_finalized_command('install').install_lib if self.editable_mode else self.build_lib
+        self.mkpath(folder)
+        self.copy_file(HOOK_PTH, os.path.join(folder, HOOK_PTH), preserve_mode=False)
+
+    def get_outputs(self, include_bytecode: bool = True) -> list:
+        outputs = super().get_outputs(include_bytecode)
+        return outputs if self.editable_mode else [*outputs, os.path.join(self.build_lib, HOOK_PTH)]
+
 
 with open('README.md', encoding='utf-8') as readme:
     LONG_DESCRIPTION = readme.read()
@@ -11,20 +42,31 @@ setup(
     long_description=LONG_DESCRIPTION,
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.9',
+    # <3.13: basicsr 1.4.2 (the current PyPI release, sdist only) does not build on Python 3.13: its
+    # setup.py reads the version with exec() + locals()['__version__'], a KeyError since PEP 667.
+    python_requires='>=3.9,<3.13',
     packages=find_packages(include=['vlunet', 'vlunet.*']),
-    install_requires=[
+    py_modules=['vlunet_basicsr_hook'],
+    cmdclass={'build_py': BuildPyWithHookPth},
+    install_requires=[  # everything vlunet imports itself, plus what option files switch on
         'basicsr>=1.4.2',
         'torch',
         'torchvision',
         'open_clip_torch',
-        'einops',
-        'lmdb',
+        'numpy',
         'opencv-python',
+        'scikit-image',
+        'Pillow',
+        'tqdm',
+        'einops',
         'pyyaml',
-        'tensorboard',
+        'lmdb',          # io_backend: {type: lmdb}
+        'tensorboard',   # logger.use_tb_logger: true
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={
+        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime'],  # the export tests run the ONNX path too
+        'export': ['onnx', 'onnxscript', 'onnxruntime'],  # ONNX export (vlunet/utils/export.py, scripts/export.py)
+    },
     entry_points={
         'console_scripts': [
             'vlunet-train = vlunet.train:main',

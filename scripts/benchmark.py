@@ -1,7 +1,8 @@
-"""Speed, memory and exactness of VLU-Net, optionally side by side with the official computation.
+"""Speed, memory and exactness of VLU-Net, optionally side by side with the official code.
 
 Usage:
-    python scripts/benchmark.py --compare-official --json benchmark.json      # the README figures
+    python scripts/benchmark.py --official-file ../VLU-Net/net/Final.py --json benchmark.json  # vs the authors' code
+    python scripts/benchmark.py --compare-official                             # vs our re-implementation of it
     python scripts/benchmark.py --precision bf16 --sizes 256                   # autocast trade-off
     python scripts/benchmark.py --tiled-4k                                     # 3840x2160, tiles 256/32
     python scripts/benchmark.py -opt options/train_vlunet_5task.yml --device cuda
@@ -10,9 +11,13 @@ Measures, for the network of an option file / ``--arch-json`` (default: official
 weights or ``--weights`` = a converted checkpoint):
 
 - forward latency (batch 1, inference mode) at each ``--sizes``: median and min-max of
-  ``--repeats`` runs after ``--warmup`` runs; with ``--compare-official`` the official computation
-  (``tests/official_reference.py``, a literal re-implementation of the official code) is timed in
-  the same loop, alternating with ours, and the max relative error between the two is reported;
+  ``--repeats`` runs after ``--warmup`` runs; with a baseline it is timed in the same loop,
+  alternating with ours, under the same grad mode (``torch.inference_mode``), and the max relative
+  error between the two is reported. The baseline is the authors' code itself with
+  ``--official-file PATH`` (a clone's ``net/Final.py``, imported from that path; its ``VLUNet`` gets
+  our seeded random weights through ``plugin_to_official_state_dict``), or, with only
+  ``--compare-official``, our re-implementation of the official forward
+  (``tests/official_reference.py``), labelled as such: it is not the authors' code;
 - a training step (``--train-batch`` x ``--train-size``^2: forward, L1 loss, backward, AdamW);
 - peak memory of each measurement (CPU: peak RSS above the RSS before the measurement, each in a
   fresh subprocess; CUDA: ``torch.cuda.max_memory_allocated``);
@@ -26,6 +31,7 @@ weights or ``--weights`` = a converted checkpoint):
 - with ``--tiled-4k``: restoring a ``--tiled-size`` image in ``--tile``/``--overlap`` tiles.
 """
 import argparse
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -49,14 +55,21 @@ from vlunet.options import OptionError
 from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
+from vlunet.utils.safe_load import safe_torch_load
 from vlunet.utils.tiling import TileOptions, restore
 
 TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
 sys.path.insert(0, TESTS_DIR)
-from official_reference import OfficialVLUNet, official_forward  # noqa: E402  (tests/ is not a package)
+from official_reference import OfficialVLUNet  # noqa: E402  (tests/ is not a package)
 
 SEED = 0
 Job = Callable[[], object]
+REIMPLEMENTATION_LABEL = 're-implementation of the official forward (tests/official_reference.py)'
+# Our constructor argument -> the official ``VLUNet`` argument (net/Final.py); the rest must be the official values.
+OFFICIAL_ARGUMENTS = {'de_dim': 'de_dim', 'in_channels': 'inp_channels', 'out_channels': 'out_channels', 'dim': 'dim',
+                      'num_blocks': 'num_blocks', 'num_refinement_blocks': 'num_refinement_blocks',
+                      'heads': 'heads', 'ffn_expansion_factor': 'ffn_expansion_factor'}
+OFFICIAL_FIXED = {'degradation_dim': 512, 'key_size': 96, 'gradient_step_heads': 2}
 
 
 # ---------------------------------------------------------------- setup
@@ -84,7 +97,7 @@ def build_ours(net_opt: dict, weights: Optional[str], device: torch.device) -> n
         if not osp.isfile(weights):
             raise OptionError(f'--weights {weights!r} does not exist; convert an official checkpoint with '
                               'scripts/convert_official_checkpoint.py.')
-        checkpoint = torch.load(weights, map_location='cpu', weights_only=True)
+        checkpoint = safe_torch_load(weights, 'network weights (--weights)')
         net.load_state_dict(checkpoint.get('params', checkpoint) if isinstance(checkpoint, dict) else checkpoint)
     return net.to(device).eval()
 
@@ -107,8 +120,60 @@ def forward_job(net: nn.Module, image: torch.Tensor, degradation: torch.Tensor, 
     return run
 
 
-def official_forward_job(state: Dict[str, torch.Tensor], image: torch.Tensor, degradation: torch.Tensor) -> Job:
-    return lambda: official_forward(state, image, degradation)
+def load_official_module(path: str) -> object:
+    """Import the official ``net/Final.py`` from ``path``.
+
+    Its folder and the clone root are appended to sys.path (for ``from net import x`` style imports),
+    after the installed packages, so the clone's vendored ``open_clip`` never shadows the installed one.
+    """
+    if not osp.isfile(path):
+        raise OptionError(f'--official-file {path!r} does not exist; give the net/Final.py of a clone of the '
+                          'official repository (https://github.com/xianggkl/VLU-Net).')
+    folder = osp.dirname(osp.abspath(path))
+    for entry in (osp.dirname(folder), folder):
+        if entry not in sys.path:
+            sys.path.append(entry)
+    spec = importlib.util.spec_from_file_location('vlunet_benchmark_official_final', path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        raise OptionError(f'--official-file {path}: importing it failed ({error}); install what it needs '
+                          '(e.g. pip install einops) in this environment.') from error
+    if not isinstance(getattr(module, 'VLUNet', None), type):
+        raise OptionError(f'--official-file {path}: no class VLUNet in it; give the official net/Final.py.')
+    return module
+
+
+def official_arguments(net_opt: dict) -> dict:
+    """Keyword arguments of the official ``VLUNet`` for our ``net_opt``; error if it has no official equivalent."""
+    options = {key: value for key, value in net_opt.items() if key != 'type'}
+    fixed = {key: options.pop(key) for key in list(options) if key in OFFICIAL_FIXED}
+    different = {key: value for key, value in fixed.items() if value != OFFICIAL_FIXED[key]}
+    unknown = sorted(set(options) - set(OFFICIAL_ARGUMENTS))
+    if net_opt.get('type', 'VLUNet') != 'VLUNet' or different or unknown:
+        what = different or unknown or net_opt['type']
+        raise OptionError(f'--official-file: the official VLUNet cannot express {what} (its degradation_dim, '
+                          f'key_size and gradient-step heads are fixed at {OFFICIAL_FIXED}); measure a '
+                          'configuration it can build.')
+    arguments = {OFFICIAL_ARGUMENTS[key]: list(value) if isinstance(value, (list, tuple)) else value
+                 for key, value in options.items()}
+    arguments.setdefault('de_dim', 7)  # our default; the official constructor has none
+    return arguments
+
+
+def build_baseline(net: nn.Module, net_opt: dict, official_file: Optional[str], device: torch.device) -> nn.Module:
+    """The baseline network (eval mode) holding ``net``'s weights under the official key names.
+
+    With ``official_file`` the authors' ``VLUNet`` from that file (strict ``load_state_dict``), else
+    :class:`OfficialVLUNet`, the re-implementation of the official forward in ``tests/official_reference.py``.
+    """
+    state = official_state(net)
+    if official_file is None:
+        return OfficialVLUNet(state).to(device).eval()
+    official = load_official_module(official_file).VLUNet(**official_arguments(net_opt))
+    official.load_state_dict(state)
+    return official.to(device).eval()
 
 
 def train_step_job(net: nn.Module, batch: int, size: int, amp: AmpOptions, device: torch.device) -> Job:
@@ -184,11 +249,13 @@ def _build_memory_job(task: dict) -> Job:
     if kind == 'ours_train':
         return train_step_job(net, task['train_batch'], size, amp, device)
     if kind == 'official_train':
-        return train_step_job(OfficialVLUNet(official_state(net)), task['train_batch'], size, AmpOptions(), device)
+        return train_step_job(build_baseline(net, task['net_opt'], task['official_file'], device), task['train_batch'],
+                              size, AmpOptions(), device)
     image = smooth_images(1, *size, device) if kind == 'ours_tiled' else smooth_images(1, size, size, device)
     degradation = degradation_vectors(net, 1, device)
     if kind == 'official_forward':
-        return official_forward_job(official_state(net), image, degradation)
+        return forward_job(build_baseline(net, task['net_opt'], task['official_file'], device), image, degradation,
+                           AmpOptions(), device)
     if kind == 'ours_tiled':
         tile = TileOptions(task['tile'], task['overlap'])
         return lambda: tiled_restore(net, image, degradation, tile, amp, device)
@@ -206,8 +273,11 @@ def tiled_restore(net: nn.Module, image: torch.Tensor, degradation: torch.Tensor
 def memory_probe(task: dict) -> dict:
     """Run one measurement in this (fresh) process; peak memory above the state before it, in bytes."""
     torch.set_num_threads(task['threads'])
-    device = torch.device(task['device'])
-    job = _build_memory_job(task)
+    return peak_memory(_build_memory_job(task), torch.device(task['device']))
+
+
+def peak_memory(job: Job, device: torch.device) -> dict:
+    """Run ``job`` once: {'extra_bytes': peak memory above the memory before it, 'peak_bytes', 'seconds'}."""
     if device.type == 'cuda':
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -290,27 +360,39 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def baseline_info(args: argparse.Namespace) -> Optional[dict]:
+    """What the "official" column is: the authors' file or our re-implementation (None: no baseline)."""
+    if not args.compare_official:
+        return None
+    if args.official_file:
+        return {'kind': 'official-file', 'path': osp.abspath(args.official_file),
+                'label': f'the official code ({args.official_file}, class VLUNet)'}
+    return {'kind': 're-implementation', 'path': osp.join(TESTS_DIR, 'official_reference.py'),
+            'label': REIMPLEMENTATION_LABEL}
+
+
 def run_benchmark(args: argparse.Namespace, net_opt: dict) -> dict:
     device = torch.device(args.device)
     amp = AmpOptions(args.precision != 'fp32', DTYPES.get(args.precision, torch.float32))
     net = build_ours(net_opt, args.weights, device)
     timed_net = compile_network(net, args.compile)
-    state = official_state(net) if args.compare_official else None
+    baseline = build_baseline(net, net_opt, args.official_file, device) if args.compare_official else None
     task = dict(net_opt=net_opt, weights=args.weights, device=args.device, threads=args.threads,
-                precision=args.precision, train_batch=args.train_batch)
+                precision=args.precision, train_batch=args.train_batch, official_file=args.official_file)
     results: dict = {'machine': machine_info(device), 'network': net_opt, 'precision': args.precision,
-                     'compile': args.compile, 'matmul_gflops': matmul_gflops(device), 'forward': [], 'train': None}
+                     'compile': args.compile, 'matmul_gflops': matmul_gflops(device), 'forward': [], 'train': None,
+                     'baseline': baseline_info(args)}
     for size in args.sizes:
         image = smooth_images(1, size, size, device)
         degradation = degradation_vectors(net, 1, device)
         ours = forward_job(timed_net, image, degradation, amp, device)
         jobs = {'ours': ours}
-        if state is not None:
-            jobs['official'] = official_forward_job(state, image, degradation)
+        if baseline is not None:
+            jobs['official'] = forward_job(baseline, image, degradation, AmpOptions(), device)
         row = {'size': size, 'macs': count_macs(net_opt, size)['total'],
                **time_alternating(jobs, args.repeats, args.warmup, device)}
         fp32_output = forward_job(net, image, degradation, AmpOptions(), device)()
-        if state is not None:
+        if baseline is not None:
             row['max_rel_error_vs_official'] = relative_error(fp32_output, jobs['official']())
         if amp.enabled:
             row['precision_error'] = precision_error(ours(), fp32_output)
@@ -321,9 +403,9 @@ def run_benchmark(args: argparse.Namespace, net_opt: dict) -> dict:
     if args.train_size:
         jobs = {'ours': train_step_job(build_ours(net_opt, args.weights, device), args.train_batch, args.train_size,
                                        amp, device)}
-        if state is not None:
-            jobs['official'] = train_step_job(OfficialVLUNet(state).to(device), args.train_batch, args.train_size,
-                                              AmpOptions(), device)
+        if baseline is not None:
+            jobs['official'] = train_step_job(build_baseline(net, net_opt, args.official_file, device),
+                                              args.train_batch, args.train_size, AmpOptions(), device)
         results['train'] = {'batch': args.train_batch, 'size': args.train_size,
                             **time_alternating(jobs, args.repeats, args.warmup, device)}
         if args.memory:
@@ -371,9 +453,16 @@ def markdown(results: dict) -> str:
     lines = [f'Machine: {machine["cpu"]}, {machine["threads"]} threads, torch {machine["torch"]}, '
              f'device {machine["device"]}{", " + machine["gpu"] if "gpu" in machine else ""}; '
              f'fp32 matmul {results["matmul_gflops"]:.0f} GFLOP/s. Ours: {mode}. Times: median (min-max).']
+    baseline = results.get('baseline')
+    column = 'official' if (baseline or {}).get('kind') == 'official-file' else 're-impl. of official'
+    if baseline:
+        lines.append(f'Baseline ("{column}"): {baseline["label"]}, fp32, same grad mode (inference mode) as ours.')
+        if baseline['kind'] == 're-implementation':
+            lines.append('It is not the authors\' code: pass --official-file <clone>/net/Final.py to time that.')
     if results['forward']:
-        lines += ['', '| forward (batch 1) | GMACs | ours | official | speed-up | ours / compute floor | max rel. error '
-                      '| extra memory ours | extra memory official |', '|---|---|---|---|---|---|---|---|---|']
+        lines += ['', f'| forward (batch 1) | GMACs | ours | {column} | speed-up | ours / compute floor '
+                      f'| max rel. error | extra memory ours | extra memory {column} |',
+                  '|---|---|---|---|---|---|---|---|---|']
     for row in results['forward']:
         floor = 2 * row['macs'] / (results['matmul_gflops'] * 1e9)
         error = row.get('max_rel_error_vs_official')
@@ -385,7 +474,7 @@ def markdown(results: dict) -> str:
     train = results.get('train')
     if train:
         lines += ['', f'| training step (batch {train["batch"]}, {train["size"]}x{train["size"]}, fwd+bwd+AdamW) '
-                      '| ours | official | speed-up | extra memory ours | extra memory official |',
+                      f'| ours | {column} | speed-up | extra memory ours | extra memory {column} |',
                   '|---|---|---|---|---|---|',
                   f'| | {_timing(train["ours"])} | {_timing(train.get("official"))} | {_ratio(train)} | '
                   f'{_mib(train.get("memory"), "ours")} | {_mib(train.get("memory"), "official")} |']
@@ -427,7 +516,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help='ours under autocast in this dtype (the official computation stays fp32)')
     parser.add_argument('--compile', action='store_true', help='torch.compile our network')
     parser.add_argument('--compare-official', action='store_true',
-                        help='also time the official computation (alternating) and report the max relative error')
+                        help='also time a baseline (alternating, same grad mode) and report the max relative error: '
+                             'the --official-file, else our re-implementation of the official forward')
+    parser.add_argument('--official-file', metavar='PATH',
+                        help="the official net/Final.py of a clone of the authors' repository: the baseline is "
+                             'their VLUNet with our weights (implies --compare-official)')
     parser.add_argument('--train-batch', type=int, default=2, help='training-step batch size')
     parser.add_argument('--train-size', type=int, default=128, help='training-step crop size (0: skip)')
     parser.add_argument('--clip-backbone', default='ViT-B-32', help="open_clip model of the CLIP cost ('none': skip)")
@@ -438,6 +531,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--overlap', type=int, default=32, help='tile overlap of --tiled-4k')
     parser.add_argument('--json', help='also write the results to this JSON file')
     args = parser.parse_args(argv)
+    args.compare_official = args.compare_official or args.official_file is not None
     if args.compare_official and any(size % 8 for size in args.sizes):
         parser.error('--compare-official needs --sizes that are multiples of 8 (as the official code does)')
     if args.device.startswith('cuda') and not torch.cuda.is_available():

@@ -9,7 +9,11 @@ Uses the option file's ``network_clip``, ``degradation_prompts``, ``train.clip_o
 prompts are scored; default: paper Eq. 5 cosine) and the dataset ``datasets.<--dataset>``. ``--weights``
 (default: ``path.pretrain_network_clip``) may be a fine-tuning checkpoint, a converted ``*_clip.pth``,
 an official ``clip_tuned.pth`` or an official ``.ckpt``. Prints the per-degradation accuracy table
-(Markdown) and writes ``<out>/similarity.png``, ``similarity.csv`` and ``accuracy.md``.
+(Markdown), the same accuracies as one row per model (the DA-CLIP paper's Table 4 layout: one
+column per degradation, then their mean as ``Average``) and writes ``<out>/similarity.png``,
+``similarity.csv`` and ``accuracy.md``. The option file's ``model_type`` picks the model:
+``CLIPFinetuneModel`` (DegradationCLIP) or ``DACLIPModel`` (DA-CLIP: ``--weights`` may then be a
+DACLIPModel checkpoint, a converted ``*_daclip.pth`` or the official ``daclip_ViT-B-32.pt``).
 """
 import argparse
 import copy
@@ -22,19 +26,28 @@ import torch  # noqa: E402
 import vlunet  # noqa: F401,E402  (compat shim before basicsr; registration)
 from basicsr.data import build_dataset  # noqa: E402
 from basicsr.utils import set_random_seed  # noqa: E402
+from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from vlunet.models.clip_finetune_model import CLIPFinetuneModel  # noqa: E402
 from vlunet.models.degradation_classification import format_accuracy_table, write_heatmap  # noqa: E402
 from vlunet.options import OptionError, load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
 
 
 def report_options(opt: dict, weights: str, device: str) -> dict:
-    """The option dict CLIPFinetuneModel needs for evaluation only (no training state)."""
+    """The option dict the model (CLIPFinetuneModel, DACLIPModel) needs for evaluation only (no training state)."""
     opt = copy.deepcopy(opt)
     opt.update(is_train=False, dist=False, num_gpu=0 if device == 'cpu' else 1)
     opt['path'] = {'pretrain_network_clip': weights}
     return opt
+
+
+def format_table4(classification, prompts, model_name: str) -> str:
+    """Accuracy (%) as one Markdown row: a column per degradation (prompt order), then their mean."""
+    accuracies = {name: accuracy for name, _, accuracy in classification.accuracies(prompts) if name != 'all'}
+    names = [name for name in classification.row_names(prompts) if name in accuracies]
+    average = sum(accuracies.values()) / len(accuracies)
+    return '\n'.join([f'| Model | {" | ".join(names)} | Average |', '|---|' + '---:|' * (len(names) + 1),
+                      f'| {model_name} | {" | ".join(f"{accuracies[n]:.1f}" for n in names)} | {average:.1f} |']) + '\n'
 
 
 def main() -> None:
@@ -59,7 +72,7 @@ def main() -> None:
     dataset_opt = dict(opt['datasets'][args.dataset], phase=args.dataset)
     if opt.get('manual_seed') is not None:  # a random (pretrained: ~) backbone is rebuilt as in training
         set_random_seed(opt['manual_seed'])
-    model = CLIPFinetuneModel(report_options(opt, weights, args.device))
+    model = MODEL_REGISTRY.get(opt.get('model_type', 'CLIPFinetuneModel'))(report_options(opt, weights, args.device))
     classification = model.classify(DataLoader(build_dataset(dataset_opt), batch_size=1))
     table = format_accuracy_table(classification, model.prompts)
     title = f'{dataset_opt["name"]}: {osp.basename(weights or "random adapters")}'
@@ -67,6 +80,7 @@ def main() -> None:
                   osp.join(args.out, 'similarity.csv'))
     atomic_write_text(table, osp.join(args.out, 'accuracy.md'))
     print(table)
+    print(format_table4(classification, model.prompts, osp.basename(weights or 'random adapters')))
     print(f'Heat-map: {osp.join(args.out, "similarity.png")} (and similarity.csv, accuracy.md)')
 
 

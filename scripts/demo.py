@@ -21,14 +21,22 @@ Steps:
 The CLIP backbone is random (not the pretrained ViT-B/32) and its adapters see a few seconds of
 training, so the degradation vectors and detected prompts are far weaker than the paper's: the
 demo shows the machinery working end to end, not the paper's numbers.
+
+CPU threads: unless ``OMP_NUM_THREADS`` is set, the demo uses the CPUs that are idle when it starts
+(the CPUs it may run on minus the 1-minute load average, at least 1; :func:`choose_threads`) and
+says so. OpenMP threads wait for each other at every parallel region, so one thread sharing its
+core with another busy process stalls them all. Measured on 2-core machines: with one core busy,
+training took 11-17 s per iteration with 2 threads and 0.66 s with 1; at a load average of 15-18,
+67 s per iteration with 2 threads and 5.8 s with 1.
 """
 import csv
+import math
 import os
 import os.path as osp
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -50,10 +58,27 @@ INFERENCE_OUTPUT = osp.join('results', 'demo_inference')
 EXAMPLE_SET = 'test_5'  # demo-derain: the inference example is its first degraded image
 
 
-def run_step(title: str, args: List[str]) -> None:
-    """Run ``python args`` in the repository root; stop the demo if it fails."""
+def choose_threads(cpus: int, load: float) -> int:
+    """Threads for ``cpus`` usable CPUs at a 1-minute ``load`` average: the idle CPUs, at least 1, at most ``cpus``."""
+    return max(1, min(cpus, math.floor(cpus - load + 0.5)))
+
+
+def demo_threads() -> Tuple[int, str]:
+    """The demo's CPU thread count and why: ``OMP_NUM_THREADS`` if set, else :func:`choose_threads` of this machine."""
+    if os.environ.get('OMP_NUM_THREADS', '').isdigit() and int(os.environ['OMP_NUM_THREADS']) > 0:
+        return int(os.environ['OMP_NUM_THREADS']), 'from OMP_NUM_THREADS'
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
+    threads = choose_threads(cpus, load)
+    return threads, (f'{cpus} CPU(s) usable, 1-minute load average {load:.2f}; set OMP_NUM_THREADS to choose '
+                     'another number')
+
+
+def run_step(title: str, args: List[str], threads: int) -> None:
+    """Run ``python args`` in the repository root with ``threads`` CPU threads; stop the demo if it fails."""
     print(f'\n=== {title}: python {" ".join(args)}', flush=True)
-    if subprocess.run([sys.executable, *args], cwd=REPO_ROOT).returncode != 0:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env).returncode != 0:
         sys.exit(f'demo: step "{title}" failed (see the messages above).')
 
 
@@ -91,22 +116,25 @@ def print_comparison(before: Dict[str, float], results_csv: str) -> None:
 def main() -> None:
     start = time.time()
     os.chdir(REPO_ROOT)
+    threads, reason = demo_threads()
+    torch.set_num_threads(threads)
+    print(f'=== demo: {threads} CPU thread(s) ({reason})', flush=True)
     test_opt = load_option_file(TEST_OPTIONS)
     if not osp.isdir(DEMO_DATA):
-        run_step('1/6 demo data', [osp.join('scripts', 'make_demo_data.py')])
+        run_step('1/6 demo data', [osp.join('scripts', 'make_demo_data.py')], threads)
     encoder_path = write_demo_encoder(test_opt)
     print(f'=== 2/6 demo degradation encoder (random weights): {encoder_path}')
-    run_step('3/6 CLIP adapter fine-tuning', [osp.join('vlunet', 'train.py'), '-opt', CLIP_OPTIONS])
-    run_step('4/6 VLU-Net training + validation', [osp.join('vlunet', 'train.py'), '-opt', TRAIN_OPTIONS])
-    run_step('5/6 testing', [osp.join('vlunet', 'test.py'), '-opt', TEST_OPTIONS])
+    run_step('3/6 CLIP adapter fine-tuning', [osp.join('vlunet', 'train.py'), '-opt', CLIP_OPTIONS], threads)
+    run_step('4/6 VLU-Net training + validation', [osp.join('vlunet', 'train.py'), '-opt', TRAIN_OPTIONS], threads)
+    run_step('5/6 testing', [osp.join('vlunet', 'test.py'), '-opt', TEST_OPTIONS], threads)
     results = osp.join('results', test_opt['name'])
     print_comparison(input_psnr(test_opt), osp.join(results, 'results.csv'))
     example = osp.join(test_opt['datasets'][EXAMPLE_SET]['dataroot_lq'], sorted(os.listdir(
         test_opt['datasets'][EXAMPLE_SET]['dataroot_lq']))[0])
     run_step('6/6 inference', [osp.join('scripts', 'inference.py'), example, '-opt', TEST_OPTIONS,
-                               '-o', INFERENCE_OUTPUT])
+                               '-o', INFERENCE_OUTPUT], threads)
     train_name, clip_name = (load_option_file(path)['name'] for path in (TRAIN_OPTIONS, CLIP_OPTIONS))
-    print(f'\nDemo finished in {time.time() - start:.0f} s. Outputs:\n'
+    print(f'\nDemo finished in {time.time() - start:.0f} s ({threads} CPU thread(s)). Outputs:\n'
           f'  data:            {osp.abspath(DEMO_DATA)}\n'
           f'  CLIP adapters:   {osp.abspath(osp.join("experiments", clip_name))} (models/, visualization/ heat-maps)\n'
           f'  training:        {osp.abspath(osp.join("experiments", train_name))} (models/, log)\n'

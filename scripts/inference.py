@@ -7,27 +7,32 @@ Usage::
     # or from flags (de_dim is read from the weights)
     python scripts/inference.py photo.jpg --net-weights experiments/pretrained_models/5task_vlunet_net.pth \\
         --clip-weights experiments/pretrained_models/5task_vlunet_clip.pth --device cuda --half \\
-        --tile 256 --tile-overlap 32
+        --tile 512 --tile-overlap 32
 
 Folders are searched recursively; outputs are 8-bit PNGs ``<output>/<relative path>/<stem><suffix>.png``
 written atomically. Each image's detected degradation (the prompt whose CLIP text embedding best
-matches its image embedding, ``--prompts`` or the seven official texts) is printed. Unreadable or
-unsupported files are reported and skipped; the summary lists them and the exit status is 1 when
-any image failed (2 when there was nothing to restore).
+matches its image embedding, ``--prompts`` or the seven official texts, scored as the adapters were
+trained: ``--scorer``) is printed. Unreadable or unsupported files, images with NaN/Inf values, symbolic
+link loops and images that run out of memory (the message suggests ``--tile``) are reported and
+skipped; the summary lists them and the exit status is 1 when any image failed (2 when there was
+nothing to restore or the output folder cannot be written, checked before any work). Ctrl-C stops
+with one line and exit status 130; the images finished so far are kept (each file is complete).
 """
 import argparse
+import errno
 import json
+import os
 import os.path as osp
 import sys
-from typing import List, NamedTuple, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import vlunet  # noqa: F401,E402  (BasicSR compatibility fixes first)
-from basicsr.utils import scandir  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS  # noqa: E402
-from vlunet.inference import DEFAULT_ENCODER, DEFAULT_PROMPTS, Restorer, load_image, save_image  # noqa: E402
+from vlunet.inference import DEFAULT_ENCODER, Restorer, load_image, save_image  # noqa: E402
+from vlunet.models.degradation_classification import PromptScorer  # noqa: E402
 from vlunet.options import OptionError  # noqa: E402
 
 
@@ -38,6 +43,34 @@ class Job(NamedTuple):
     """One image to restore and where its output goes."""
     source: str
     output: str
+
+
+class Outcome(NamedTuple):
+    """What :func:`restore_all` did: (input, error) of failed images, images written, whether Ctrl-C stopped it."""
+    failures: List[Tuple[str, str]]
+    restored: int
+    interrupted: bool
+
+
+def _pixels(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of pixels, at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of pixels') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'{value} is not allowed: it must be at least {minimum}' + (
+                ' (leave --tile out to restore whole images)' if minimum > 0 else ''))
+        return value
+    return parse
+
+
+def _scorer(text: str) -> PromptScorer:
+    try:
+        return PromptScorer.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,10 +92,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                   'backbone comes from --clip-weights when it holds one)')
     parser.add_argument('--no-clip', action='store_true', help='run the network without CLIP guidance')
     parser.add_argument('--device', help='cpu, cuda, cuda:N or auto (default: auto, or cpu for num_gpu: 0)')
-    parser.add_argument('--tile', type=int, help='tile size in pixels (default: whole images)')
-    parser.add_argument('--tile-overlap', type=int, default=32, help='tile overlap in pixels (default 32)')
+    parser.add_argument('--tile', type=_pixels(1), help='tile size in pixels, e.g. 256 (default: whole images)')
+    parser.add_argument('--tile-overlap', type=_pixels(0), default=32, help='tile overlap in pixels (default 32)')
     parser.add_argument('--half', action='store_true', help='float16 autocast on CUDA')
-    parser.add_argument('--prompts', nargs='+', help='degradation texts to detect (default: the 7 official ones)')
+    parser.add_argument('--prompts', nargs='+', metavar='TEXT',
+                        help='degradation texts to detect, one argument each (quote texts with spaces; put the '
+                             'option after the inputs); default: the 7 official ones')
+    parser.add_argument('--scorer', type=_scorer,
+                        help='how images are scored against the prompts: dot (official), cosine or '
+                             'cosine:<temperature> (default: as recorded in the CLIP weights, i.e. as the adapters '
+                             'were trained; dot for official files)')
     args = parser.parse_args(argv)
     if not args.opt and not args.net_weights:
         parser.error('give -opt OPTION_FILE or --net-weights PATH.')
@@ -73,8 +112,8 @@ def restorer_settings(args: argparse.Namespace) -> dict:
     """Restorer keyword arguments given on the command line (the others come from -opt or defaults)."""
     settings = {'net_weights': args.net_weights, 'network_options': args.network_json,
                 'clip_weights': args.clip_weights, 'device': args.device,
-                'tile': {'size': args.tile, 'overlap': args.tile_overlap} if args.tile else None,
-                'half': args.half or None, 'prompts': args.prompts, 'progress': True}
+                'tile': {'size': args.tile, 'overlap': args.tile_overlap} if args.tile is not None else None,
+                'half': args.half or None, 'prompts': args.prompts, 'scorer': args.scorer, 'progress': True}
     if args.clip_backbone or args.clip_pretrained:
         settings['encoder_options'] = dict(DEFAULT_ENCODER, backbone=args.clip_backbone or DEFAULT_ENCODER['backbone'],
                                            pretrained=args.clip_pretrained)
@@ -93,12 +132,70 @@ def _output_path(output: str, relative: str, suffix: str, taken: set) -> str:
     return path
 
 
+def _broken_link(entry: os.DirEntry) -> Optional[str]:
+    """What is wrong with a symbolic link whose target cannot be reached (None: a broken link to a non-image)."""
+    try:
+        os.stat(entry.path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return 'symbolic link loop (the link resolves to itself)'
+    return 'broken symbolic link (its target does not exist)' if entry.name.endswith(IMAGE_EXTENSIONS) else None
+
+
+def scan_images(folder: str) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Image files under ``folder`` (relative paths, sorted; hidden entries skipped; linked folders followed),
+    and (path, problem) for symbolic link loops, broken links and folders that cannot be read."""
+    names, problems = [], []
+
+    def walk(relative: str, ancestors: frozenset) -> None:
+        path = osp.join(folder, relative) if relative else folder
+        try:
+            status = os.stat(path)
+            identity = (status.st_dev, status.st_ino)
+            if identity in ancestors:
+                problems.append((path, 'symbolic link loop (links back to a folder it is in); not searched again'))
+                return
+            with os.scandir(path) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError as error:
+            problems.append((path, f'folder cannot be searched ({error.strerror or error})'))
+            return
+        for entry in entries:
+            if entry.name.startswith('.'):
+                continue
+            if entry.is_symlink() and not osp.exists(entry.path):
+                problem = _broken_link(entry)
+                if problem:
+                    problems.append((entry.path, problem))
+            elif entry.is_dir():
+                walk(osp.join(relative, entry.name), ancestors | {identity})
+            elif entry.is_file() and entry.name.endswith(IMAGE_EXTENSIONS):
+                names.append(osp.join(relative, entry.name))
+
+    walk('', frozenset())
+    return sorted(names), problems
+
+
+def check_output_folder(output: str) -> Optional[str]:
+    """Why restored images could not be written under ``output`` (an existing file, an unwritable place), or None."""
+    existing = osp.abspath(output)
+    while not osp.exists(existing):
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        what = 'is' if existing == osp.abspath(output) else f'is inside {existing}, which is'
+        return f'-o {output} {what} a file, not a folder; choose a folder for the restored images.'
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f'-o {output}: cannot write in {existing} (permission denied or read-only); choose another folder.'
+    return None
+
+
 def list_jobs(inputs: List[str], output: str, suffix: str) -> Tuple[List[Job], List[Tuple[str, str]]]:
     """The images to restore, and (input, problem) for inputs that cannot be restored."""
     jobs, problems, taken = [], [], set()
     for item in inputs:
         if osp.isdir(item):
-            names = sorted(scandir(item, suffix=IMAGE_EXTENSIONS, recursive=True))
+            names, folder_problems = scan_images(item)
+            problems += folder_problems
             if not names:
                 problems.append((item, f'folder has no images (supported: {SUPPORTED})'))
             jobs += [Job(osp.join(item, name), _output_path(output, name, suffix, taken)) for name in names]
@@ -111,24 +208,41 @@ def list_jobs(inputs: List[str], output: str, suffix: str) -> Tuple[List[Job], L
     return jobs, problems
 
 
-def restore_all(restorer: Restorer, jobs: List[Job]) -> List[Tuple[str, str]]:
-    """Restore every job (each output written as soon as it is done); return (input, error) of failures."""
-    failures = []
-    for job in tqdm(jobs, unit='image', desc='Restoring'):
-        try:
-            restored, guess = restorer.restore_and_detect(load_image(job.source))
-            save_image(job.output, restored)
-        except (ValueError, OSError, RuntimeError) as error:  # bad image, unwritable output, CUDA out of memory
-            failures.append((job.source, str(error)))
-            tqdm.write(f'FAILED {job.source}: {error}')
-            continue
-        detected = f'{guess.prompt!r} ({guess.probabilities[guess.prompt]:.0%})' if guess else 'n/a (no CLIP)'
-        tqdm.write(f'{job.source}: detected {detected} -> {job.output}')
-    return failures
+def restore_all(restorer: Restorer, jobs: List[Job]) -> Outcome:
+    """Restore every job (each output written as soon as it is done, atomically); Ctrl-C stops between files."""
+    failures, restored = [], 0
+    try:
+        for job in tqdm(jobs, unit='image', desc='Restoring'):
+            try:
+                image, guess = restorer.restore_and_detect(load_image(job.source))
+                save_image(job.output, image)
+            except (ValueError, OSError, RuntimeError, MemoryError) as error:  # bad image, NaN, output, memory
+                failures.append((job.source, str(error) or type(error).__name__))
+                tqdm.write(f'FAILED {job.source}: {failures[-1][1]}')
+                continue
+            restored += 1
+            detected = f'{guess.prompt!r} ({guess.probabilities[guess.prompt]:.0%})' if guess else 'n/a (no CLIP)'
+            tqdm.write(f'{job.source}: detected {detected} -> {job.output}')
+    except KeyboardInterrupt:
+        return Outcome(failures, restored, interrupted=True)
+    return Outcome(failures, restored, interrupted=False)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # before restoring started (restore_all reports its own interruption)
+        print('Interrupted; nothing was restored.', file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the output folder, list the images, load the weights, restore; the exit status."""
+    output_problem = check_output_folder(args.output)
+    if output_problem:
+        print(f'error: {output_problem}', file=sys.stderr)
+        return 2
     jobs, problems = list_jobs(args.inputs, args.output, args.suffix)
     for source, problem in problems:
         print(f'SKIPPED {source}: {problem}', file=sys.stderr)
@@ -141,9 +255,16 @@ def main(argv=None) -> int:
     except (OptionError, ValueError, OSError, RuntimeError, TypeError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    failures = restore_all(restorer, jobs)
-    print(f'Restored {len(jobs) - len(failures)} of {len(jobs)} images into {osp.abspath(args.output)}')
-    failures = problems + failures
+    if restorer.encoder is not None:
+        print(f'Detecting degradations with the {restorer.scorer} scorer '
+              f'({"--scorer" if args.scorer else "as the CLIP adapters were trained"}).')
+    outcome = restore_all(restorer, jobs)
+    if outcome.interrupted:
+        print(f'Interrupted: {outcome.restored} of {len(jobs)} images were restored into {osp.abspath(args.output)} '
+              'and are kept (complete files); the others were not restored.', file=sys.stderr)
+        return 130
+    print(f'Restored {outcome.restored} of {len(jobs)} images into {osp.abspath(args.output)}')
+    failures = problems + outcome.failures
     if failures:
         print(f'{len(failures)} input(s) failed:', file=sys.stderr)
         for source, error in failures:

@@ -17,7 +17,9 @@ writes ``<out>/<meta>.txt`` (default ``<root>/meta_info``) with paths **relative
 
 ``--lmdb`` also writes ``<out>/<meta>_{lq,gt}.lmdb`` with BasicSR's ``make_lmdb_from_imgs`` (the
 same keys in both, so they pair by key). Missing or unpaired files and unreadable images are left
-out of the meta files and reported; the exit status is 1 when any requested set had problems.
+out of the meta files and reported; the exit status is 1 when any requested set had problems, and
+also when no dataset at all was found (each missing one is listed with where it comes from; the
+sources are in ``datasets/README.md``). Nothing is written then, not even an empty meta folder.
 """
 import argparse
 import os
@@ -88,33 +90,43 @@ RAIN_TO_NORAIN = (r'^rain-(.*)$', r'norain-\1')  # Rain100L: rain-001.png -> nor
 
 
 class DatasetLayout(NamedTuple):
-    """A download: default folder under --root, layout description, and its meta files."""
+    """A download: default folder under --root, layout description, its meta files and where it comes from."""
     folder: str
     layout: str
     meta_files: Dict[str, Callable[[str], Listing]]
+    source: str
 
 
 DATASETS: Dict[str, DatasetLayout] = {
-    'bsd400': DatasetLayout('BSD400', '<images>', {'denoise_train': clean_images}),  # BSD400 + WED together
-    'wed': DatasetLayout('WED', '<images>', {'denoise_train': clean_images}),
+    'bsd400': DatasetLayout('BSD400', '<images>', {'denoise_train': clean_images},  # BSD400 + WED together
+                            "DnCNN's training data Train400: github.com/cszn/DnCNN"),
+    'wed': DatasetLayout('WED', '<images>', {'denoise_train': clean_images},
+                         'Waterloo Exploration Database: ece.uwaterloo.ca/~k29ma/exploration'),
     'ots': DatasetLayout('OTS', 'hazy/<id>_<A>_<beta>.jpg, clear/<id>.jpg', {
-        'dehaze_ots_train': lambda r: paired_folders(osp.join(r, 'hazy'), osp.join(r, 'clear'), *HAZY_TO_CLEAR)}),
+        'dehaze_ots_train': lambda r: paired_folders(osp.join(r, 'hazy'), osp.join(r, 'clear'), *HAZY_TO_CLEAR)},
+        'RESIDE-beta Outdoor Training Set: sites.google.com/view/reside-dehaze-datasets'),
     'sots': DatasetLayout('SOTS', 'outdoor/hazy/<id>_<A>_<beta>.jpg, outdoor/gt/<id>.png', {
         'dehaze_sots_outdoor_test': lambda r: paired_folders(
-            osp.join(r, 'outdoor', 'hazy'), osp.join(r, 'outdoor', 'gt'), *HAZY_TO_CLEAR)}),
+            osp.join(r, 'outdoor', 'hazy'), osp.join(r, 'outdoor', 'gt'), *HAZY_TO_CLEAR)},
+        'RESIDE SOTS (outdoor part): sites.google.com/view/reside-dehaze-datasets'),
     'rain100l': DatasetLayout('Rain100L', '{train,test}/rainy/rain-<n>.png, {train,test}/norain/norain-<n>.png', {
         'derain_rain100l_train': lambda r: paired_folders(
             osp.join(r, 'train', 'rainy'), osp.join(r, 'train', 'norain'), *RAIN_TO_NORAIN),
         'derain_rain100l_test': lambda r: paired_folders(
-            osp.join(r, 'test', 'rainy'), osp.join(r, 'test', 'norain'), *RAIN_TO_NORAIN)}),
+            osp.join(r, 'test', 'rainy'), osp.join(r, 'test', 'norain'), *RAIN_TO_NORAIN)},
+        'Rain100L / RainTrainL (JORDER project page; also redistributed with AirNet and PromptIR)'),
     'gopro': DatasetLayout('GoPro', '{train,test}/<sequence>/{blur,sharp}/<n>.png', {
         'deblur_gopro_train': lambda r: gopro_split(osp.join(r, 'train')),
-        'deblur_gopro_test': lambda r: gopro_split(osp.join(r, 'test'))}),
+        'deblur_gopro_test': lambda r: gopro_split(osp.join(r, 'test'))},
+        'GoPro_Large: seungjunnah.github.io/Datasets/gopro'),
     'lol': DatasetLayout('LOL', '{our485,eval15}/{low,high}/<n>.png', {
         'delowlight_lol_train': lambda r: paired_folders(osp.join(r, 'our485', 'low'), osp.join(r, 'our485', 'high')),
-        'delowlight_lol_test': lambda r: paired_folders(osp.join(r, 'eval15', 'low'), osp.join(r, 'eval15', 'high'))}),
-    'cbsd68': DatasetLayout('CBSD68', '<images> (e.g. original_png/*.png)', {'denoise_cbsd68_test': clean_images}),
-    'urban100': DatasetLayout('Urban100', '<images> (HR)', {'denoise_urban100_test': clean_images}),
+        'delowlight_lol_test': lambda r: paired_folders(osp.join(r, 'eval15', 'low'), osp.join(r, 'eval15', 'high'))},
+        'LOL (RetinexNet): daooshee.github.io/BMVC2018website'),
+    'cbsd68': DatasetLayout('CBSD68', '<images> (e.g. original_png/*.png)', {'denoise_cbsd68_test': clean_images},
+                            'github.com/clausmichele/CBSD68-dataset'),
+    'urban100': DatasetLayout('Urban100', '<images> (HR)', {'denoise_urban100_test': clean_images},
+                              'github.com/jbhuang0604/SelfExSR'),
 }
 
 
@@ -187,15 +199,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    failed, all_pairs = False, {}
+    failed, all_pairs, found = False, {}, 0
     for name, spec in DATASETS.items():
         requested = getattr(args, name)
         folder = requested or osp.join(args.root, spec.folder)
         if not osp.isdir(folder):
-            print(f'[{name}] ' + (f'MISSING {folder}' if requested else f'skipped (not found at {folder})'))
+            where = f'MISSING {folder}' if requested else f'not found at {folder} (or give --{name} PATH)'
+            print(f'[{name}] {where}; download: {spec.source}; layout: {spec.layout}')
             failed |= bool(requested)
             continue
+        found += 1
         pairs_by_meta, problems = list_dataset(name, folder, not args.skip_image_check)
         for meta, pairs in pairs_by_meta.items():
             print(f'[{name}] {meta}: {len(pairs)} pairs')
@@ -204,6 +217,11 @@ def main(argv=None) -> int:
         if problems or not any(pairs_by_meta.values()):
             print(f'[{name}] expected layout under {folder}: {spec.layout}')
             failed = True
+    if not found:
+        print(f'error: no dataset found under {osp.abspath(args.root)}: download them (sources above and in '
+              'datasets/README.md) into these folders; for a first try without downloads: '
+              'python scripts/make_demo_data.py', file=sys.stderr)
+        return 1
     for meta, pairs in all_pairs.items():
         if pairs:
             path = osp.join(args.out, f'{meta}.txt')

@@ -1,13 +1,16 @@
 """BenchmarkPairedDataset: fixed-seed noise, filename mappings (SOTS, Rain100L), official crop to a multiple of 16."""
 import os.path as osp
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from conftest import smooth_image, write_image
+from torch.utils.data import DataLoader
 
 import vlunet  # noqa: F401
 from basicsr.data import build_dataset
+from basicsr.utils.registry import MODEL_REGISTRY
 from vlunet.data.benchmark_dataset import stable_seed
 
 
@@ -90,3 +93,63 @@ def test_paired_crop_border_base_crops_both(tmp_path):
 def test_unknown_task_needs_text(clean_folder):
     with pytest.raises(ValueError, match="task 'desnow' is not a known task, so it needs `text`"):
         _benchmark(task='desnow', dataroot_gt=clean_folder)
+
+
+# ---------------------------------------------------------------- inputs quantised like the official files
+
+NOISE_25 = [{'type': 'gaussian_noise', 'sigma': 25}]
+
+
+def _float_noisy(clean_folder, name='101085.png'):
+    """The unquantised noisy image, computed independently: the dataset's seeded N(0, 25/255) on the clean file."""
+    gt = cv2.imread(osp.join(clean_folder, name))[..., ::-1].astype(np.float32) / 255
+    rng = np.random.default_rng(stable_seed(0, name, NOISE_25))
+    return np.clip(gt + rng.normal(0.0, 25 / 255, size=gt.shape), 0, 1).astype(np.float32).transpose(2, 0, 1)
+
+
+def test_noisy_inputs_are_truncated_to_uint8_levels_like_the_official_files(clean_folder):
+    sample = _benchmark(task='denoise_25', dataroot_gt=clean_folder, degradations=NOISE_25)[0]
+    levels = sample['lq'].numpy().astype(np.float64) * 255
+    assert np.abs(levels - np.round(levels)).max() < 1e-3  # on the 8-bit levels k / 255
+    expected = np.floor(_float_noisy(clean_folder).astype(np.float64) * 255 + 1e-4) / 255  # astype(uint8)
+    np.testing.assert_allclose(sample['lq'].numpy(), expected, atol=1e-6)
+    assert len(np.unique(np.round(levels))) > 100
+
+
+def test_noise_quantize_round_and_none(clean_folder):
+    opt = {'task': 'denoise_25', 'dataroot_gt': clean_folder, 'degradations': NOISE_25}
+    truncated = _benchmark(**opt)[0]['lq'].numpy().astype(np.float64)
+    rounded = _benchmark(**opt, noise_quantize='uint8_round')[0]['lq'].numpy().astype(np.float64)
+    floating = _benchmark(**opt, noise_quantize='none')[0]['lq'].numpy()
+    np.testing.assert_array_equal(floating, _float_noisy(clean_folder))
+    np.testing.assert_allclose(rounded, np.round(floating.astype(np.float64) * 255) / 255, atol=1e-6)
+    step = np.round((rounded - truncated) * 255)
+    assert set(np.unique(step)) == {0, 1} and 0.4 < step.mean() < 0.6  # rounding is half a level brighter on average
+    assert np.all(truncated <= floating + 1e-6) and np.all(floating < truncated + 1 / 255 + 1e-6)
+
+
+def test_bad_noise_quantize_is_a_clear_error(clean_folder):
+    with pytest.raises(ValueError, match=r"datasets.test.noise_quantize: expected one of uint8_truncate, uint8_round, "
+                                         r"none, got 'uint16'"):
+        _benchmark(task='denoise_25', dataroot_gt=clean_folder, noise_quantize='uint16')
+
+
+def test_results_table_states_how_the_inputs_were_made(clean_folder, tmp_path):
+    noisy = _benchmark(task='denoise_25', dataroot_gt=clean_folder, degradations=NOISE_25)
+    assert noisy.protocol == ('clean images degraded on the fly (type gaussian_noise sigma 25; seed 0), quantised to '
+                              'uint8 by truncation, like the official noisy test files')
+    assert 'kept in float' in _benchmark(task='denoise_25', dataroot_gt=clean_folder, noise_quantize='none').protocol
+    paired = _benchmark(task='denoise_25', dataroot_gt=clean_folder, dataroot_lq=clean_folder)
+    assert paired.protocol is None  # stored files are used as they are
+    opt = {'name': 'protocol', 'model_type': 'VLUNetModel', 'num_gpu': 0, 'is_train': False, 'dist': False,
+           'network_g': {'type': 'SRVGGNetCompact', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 4, 'num_conv': 1,
+                         'upscale': 1, 'act_type': 'relu'},
+           'path': {'results_root': str(tmp_path), 'visualization': str(tmp_path / 'vis')},
+           'val': {'save_img': False, 'metrics': {'psnr_float': {'type': 'calculate_psnr_float_rgb'}}}}
+    model = MODEL_REGISTRY.get('VLUNetModel')(opt)
+    for name, dataset in (('noisy', noisy), ('paired', paired)):
+        dataset.opt['name'] = name
+        model.validation(DataLoader(dataset), 0, None)
+    lines = (tmp_path / 'results.md').read_text().splitlines()
+    assert lines[-1] == f'Protocol, noisy: {noisy.protocol}.' and lines[-2] == ''
+    assert not any('paired:' in line for line in lines)

@@ -47,7 +47,8 @@ def test_prepare_writes_meta_files_the_datasets_read_and_reports_problems(downlo
     assert status == 1  # problems were found
     assert 'missing pair: ' in output and 'rain-9.png -> norain-9.*' in output
     assert 'unreadable image: ' in output and 'broken.png' in output
-    assert '[rain100l] derain_rain100l_train: 3 pairs' in output and '[ots] skipped' in output
+    assert '[rain100l] derain_rain100l_train: 3 pairs' in output
+    assert f'[ots] not found at {download_tree}/OTS (or give --ots PATH); download: RESIDE-beta' in output
     meta = osp.join(download_tree, 'meta_info')
     with open(osp.join(meta, 'derain_rain100l_train.txt')) as f:
         assert f.read().splitlines()[0] == 'Rain100L/train/rainy/rain-0.png,Rain100L/train/norain/norain-0.png'
@@ -81,6 +82,18 @@ def test_prepare_writes_meta_files_the_datasets_read_and_reports_problems(downlo
 def test_prepare_reports_a_requested_missing_download(tmp_path, capsys):
     status = _script('prepare_datasets').main(['--root', str(tmp_path), '--lol', str(tmp_path / 'nowhere')])
     assert status == 1 and 'MISSING' in capsys.readouterr().out
+
+
+def test_prepare_without_any_data_says_where_each_set_comes_from_and_fails(tmp_path, capsys):
+    status = _script('prepare_datasets').main(['--root', str(tmp_path / 'datasets')])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert f'error: no dataset found under {tmp_path / "datasets"}' in captured.err
+    assert 'datasets/README.md' in captured.err and 'make_demo_data.py' in captured.err
+    lines = captured.out.splitlines()
+    assert len(lines) == 9 and all(' not found at ' in line and '; download: ' in line for line in lines)
+    assert any('[gopro]' in line and 'seungjunnah.github.io/Datasets/gopro' in line for line in lines)
+    assert not (tmp_path / 'datasets').exists()  # no empty meta_info folder
 
 
 def test_make_demo_data_is_deterministic_and_loadable(tmp_path):

@@ -6,6 +6,7 @@ plugin plumbing (compat fixes, entry points, option checking), not vlunet's mode
 import glob
 import hashlib
 import importlib
+import importlib.util
 import os
 import os.path as osp
 import re
@@ -51,14 +52,24 @@ def test_every_plugin_file_is_imported_and_its_classes_resolve():
             assert getattr(registry, registry_name).get(key) is obj
 
 
-def test_second_import_and_rescan_register_nothing_twice():
+def test_a_plugin_file_imported_under_another_module_name_keeps_the_first_registration():
+    from basicsr.utils.registry import ARCH_REGISTRY, METRIC_REGISTRY
     before = _plugin_entries()
-    importlib.import_module('vlunet')
-    for subpackage, suffix in SUBPACKAGES.items():
-        package = importlib.import_module(f'vlunet.{subpackage}')
-        import_modules_by_suffix(package.__name__, package.__file__, suffix)
-    compat.apply()
-    assert _plugin_entries() == before
+    for name, path in (('vlunet_arch_by_path', ('archs', 'vlunet_arch.py')),
+                       ('restoration_metric_by_path', ('metrics', 'restoration_metric.py'))):
+        spec = importlib.util.spec_from_file_location(name, osp.join(REPO_ROOT, 'vlunet', *path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # BasicSR alone: "An object named 'VLUNet' was already registered"
+    assert module.calculate_psnr_float_rgb is not METRIC_REGISTRY.get('calculate_psnr_float_rgb')
+    assert _plugin_entries() == before  # the same definitions: the first registrations stay
+    message = (r"arch registry: 'VLUNet' is already registered by vlunet\.archs\.vlunet_arch\.VLUNet \(.*vlunet_arch"
+               r"\.py\); test_foundation\..*VLUNet \(.*test_foundation\.py\) is another object with that name: rename")
+    with pytest.raises(ValueError, match=message):
+        @ARCH_REGISTRY.register()
+        class VLUNet(torch.nn.Module):
+            def forward(self, x):
+                return x
+    assert ARCH_REGISTRY.get('VLUNet') is before['ARCH_REGISTRY']['VLUNet']
 
 
 def test_adding_a_file_is_enough_to_register(tmp_path, monkeypatch):
@@ -201,11 +212,59 @@ def test_auto_resume_continues_and_keeps_earlier_checkpoints(trained):
     assert state['schedulers'][0]['_last_lr'] == [5e-4], 'the milestone at iteration 3 must have applied'
 
 
+# Loaded by every process of the DDP run: records, per rank, each file or folder the process writes or creates.
+RECORD_WRITES = '''
+import builtins
+import os
+
+import torch
+
+_rank, _record_open = os.environ.get('RANK'), os.open
+
+
+def _record(kind, path):
+    if _rank is not None and isinstance(path, (str, bytes, os.PathLike)):
+        handle = _record_open(os.path.join({folder!r}, 'writes_rank' + _rank + '.txt'),
+                              os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(handle, (kind + ' ' + os.path.abspath(os.fsdecode(path)) + chr(10)).encode())
+        os.close(handle)
+
+
+def _wrap(owner, name, kind, target=lambda args, kwargs: args[0], writes=lambda args, kwargs: True):
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        if writes(args, kwargs):
+            _record(kind, target(args, kwargs))
+        return original(*args, **kwargs)
+    setattr(owner, name, wrapper)
+
+
+_mode = lambda args, kwargs: args[1] if len(args) > 1 else kwargs.get('mode', 'r')
+_wrap(builtins, 'open', 'open', writes=lambda args, kwargs: any(c in _mode(args, kwargs) for c in 'wax+'))
+_wrap(os, 'open', 'os.open', writes=lambda args, kwargs: bool(args[1] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+_wrap(os, 'replace', 'replace', target=lambda args, kwargs: args[1])
+_wrap(os, 'rename', 'rename', target=lambda args, kwargs: args[1])
+_wrap(os, 'mkdir', 'mkdir')
+_wrap(os, 'makedirs', 'makedirs')
+_wrap(torch, 'save', 'torch.save', target=lambda args, kwargs: args[1] if len(args) > 1 else kwargs.get('f'))
+'''
+
+
+def _recorded_writes(folder, rank: int, under) -> list:
+    path = folder / f'writes_rank{rank}.txt'
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line for line in lines if any(str(root) in line for root in under)]
+
+
 def test_distributed_training_on_cpu_with_torchrun(workdir):
     opt = _train_options('data', 'tiny_ddp', total_iter=2)
     opt['datasets']['train']['batch_size_per_gpu'] = 1
     opt_path = _write_yaml(str(workdir / 'train_ddp.yml'), opt)
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    site = workdir / 'record_writes'
+    site.mkdir()
+    (site / 'sitecustomize.py').write_text(RECORD_WRITES.format(folder=str(site)))
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(site))
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
            osp.join(REPO_ROOT, 'vlunet', 'train.py'), '-opt', opt_path, '--launcher', 'pytorch']
     result = subprocess.run(cmd, cwd=str(workdir), env=env, capture_output=True, text=True, timeout=600)
@@ -213,7 +272,12 @@ def test_distributed_training_on_cpu_with_torchrun(workdir):
     assert result.returncode == 0, output[-4000:]
     assert output.count('using the gloo backend') == 2, 'both ranks must start'
     exp = workdir / 'experiments' / 'tiny_ddp'
-    assert len(glob.glob(str(exp / '*.log'))) == 1, 'rank 0 alone writes the log'
+    outputs = (exp, workdir / 'tb_logger' / 'tiny_ddp')
+    rank0 = _recorded_writes(site, 0, outputs)
+    assert any(line.startswith('open ') and line.endswith('.log') for line in rank0)  # the recorder sees rank 0
+    assert {osp.basename(line) for line in rank0} >= {'net_g_2.pth', 'net_g_latest.pth', '2.state'}
+    assert _recorded_writes(site, 1, outputs) == [], 'rank 0 alone writes logs, checkpoints and states'
+    assert (site / 'writes_rank1.txt').exists(), 'rank 1 ran with the recorder'
     assert 'world_size: 2' in _log_text(exp)
     assert sorted(os.listdir(exp / 'models')) == ['net_g_2.pth', 'net_g_latest.pth']
 
@@ -272,24 +336,38 @@ def test_yaml_errors_and_typos_are_reported(workdir):
     opt = _train_options(str(workdir / 'data'), 'typo', 1)
     opt['loger'] = opt.pop('logger')
     path = _write_yaml(str(workdir / 'typo.yml'), opt)
-    with pytest.raises(OptionError, match='logger: missing'):
+    with pytest.raises(OptionError, match="logger: missing .*Is 'loger' a misspelling of 'logger'"):
         check_option_file(path, is_train=True)
     opt['logger'] = opt['loger']
     warnings = check_option_file(_write_yaml(path, opt), is_train=True)
     assert warnings == ["loger: unknown top-level key, ignored. Did you mean 'logger'?"]
 
 
-@pytest.mark.parametrize('command', [['-m', 'vlunet.train'], ['-m', 'vlunet.test'], ['console', 'vlunet-train'],
-                                     ['console', 'vlunet-test']])
-def test_module_and_console_entry_points(workdir, command):
-    if command[0] == 'console':
-        executable = osp.join(osp.dirname(sys.executable), command[1])
+@pytest.mark.parametrize('launcher', ['module', 'console'])
+def test_module_and_console_entry_points_train_and_test(workdir, launcher):
+    def command(entry: str) -> list:  # entry: 'train' or 'test'
+        if launcher == 'module':
+            return [sys.executable, '-m', f'vlunet.{entry}']
+        executable = osp.join(osp.dirname(sys.executable), f'vlunet-{entry}')
         if not osp.exists(executable):
-            pytest.skip(f'{command[1]} is not installed next to {sys.executable} (pip install -e .)')
-        argv = [executable]
-    else:
-        argv = [sys.executable, *command]
-    result = subprocess.run([*argv, '-opt', str(workdir / 'missing.yml')], cwd=str(workdir), capture_output=True,
-                            text=True)
-    assert result.returncode != 0
-    assert "option file" in result.stderr and 'missing.yml' in result.stderr and 'does not exist' in result.stderr
+            pytest.skip(f'vlunet-{entry} is not installed next to {sys.executable} (pip install -e .)')
+        return [executable]
+
+    name = f'tiny_{launcher}'
+    opt_path = _write_yaml(str(workdir / f'train_{name}.yml'), _train_options('data', name, total_iter=2))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    result = subprocess.run([*command('train'), '-opt', opt_path], cwd=str(workdir), env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exp = workdir / 'experiments' / name
+    assert sorted(os.listdir(exp / 'models')) == ['net_g_2.pth', 'net_g_latest.pth']
+    assert re.search(r'iter:\s+2, lr:', _log_text(exp)) and len(re.findall(r'# psnr: [0-9.]+', _log_text(exp))) == 2
+    test_opt = {key: _train_options('data', f'{name}_test', 1)[key] for key in ('name', 'model_type', 'scale',
+                                                                                 'num_gpu', 'network_g', 'val')}
+    test_opt['datasets'] = {'test_1': dict(_train_options('data', 'x', 1)['datasets']['val'], name='tiny_test')}
+    test_opt['path'] = {'pretrain_network_g': str(exp / 'models' / 'net_g_latest.pth'), 'strict_load_g': True}
+    test_path = _write_yaml(str(workdir / f'test_{name}.yml'), test_opt)
+    result = subprocess.run([*command('test'), '-opt', test_path], cwd=str(workdir), env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r'Validation tiny_test\s+# psnr: [0-9.]+', _log_text(workdir / 'results' / f'{name}_test'))

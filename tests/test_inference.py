@@ -5,6 +5,7 @@ Tiled vs whole-image agreement is tested once, in test_vlunet_model.py (the API 
 """
 import importlib.util
 import json
+import os
 import os.path as osp
 
 import cv2
@@ -16,7 +17,9 @@ from conftest import REPO_ROOT, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from basicsr.archs import build_network
-from vlunet.inference import DEFAULT_PROMPTS, Restorer, load_image
+from vlunet.inference import (DEFAULT_PROMPTS, InferenceOutOfMemoryError, NonFiniteImageError, Restorer,
+                              load_image)
+from vlunet.utils.tiling import parse_tile_options
 
 TINY_SIZES = {'type': 'VLUNet', 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}
@@ -86,7 +89,8 @@ def test_restorer_rejects_bad_inputs_with_clear_messages(restorer, weights, tmp_
         restorer.restore(smooth_image(0, 8, 8))  # uint8 BGR straight from cv2.imread
     with pytest.raises(ValueError, match='half precision needs a CUDA device'):
         _restorer(weights, half=True)
-    with pytest.raises(FileNotFoundError, match='convert_official_checkpoint'):
+    with pytest.raises(FileNotFoundError, match="authors' package https://drive.google.com/.* with scripts/"
+                                                "convert_official_checkpoint"):
         Restorer(str(tmp_path / 'missing.pth'))
     torch.save({'state_dict': {'net.x': torch.zeros(1)}}, str(tmp_path / 'official.ckpt'))
     with pytest.raises(ValueError, match='Lightning checkpoint; convert it'):
@@ -141,3 +145,157 @@ def test_inference_script_stops_when_there_is_nothing_to_restore(tmp_path, capsy
     err = capsys.readouterr().err
     assert status == 2 and 'folder has no images' in err and 'unsupported format' in err
     assert 'no images to restore' in err
+
+
+def _run_script(weights, inputs, output, *extra) -> int:
+    return _inference_script().main([*inputs, '-o', str(output), '--net-weights', weights['net'], '--clip-weights',
+                                     weights['clip'], '--clip-backbone', weights['encoder']['backbone'],
+                                     '--network-json', json.dumps(TINY_SIZES), *extra])
+
+
+def test_a_bad_output_folder_fails_before_any_work(weights, tmp_path, capsys):
+    write_image(str(tmp_path / 'in.png'), smooth_image(0, 16, 16))
+    (tmp_path / 'taken.png').write_bytes(b'x')
+    script = _inference_script()
+    # --net-weights does not exist: the output check comes before the weights are even read
+    assert script.main([str(tmp_path / 'in.png'), '-o', str(tmp_path / 'taken.png'), '--net-weights', 'none.pth']) == 2
+    assert f'-o {tmp_path / "taken.png"} is a file, not a folder' in capsys.readouterr().err
+    assert script.main([str(tmp_path / 'in.png'), '-o', str(tmp_path / 'taken.png' / 'sub'),
+                        '--net-weights', 'none.pth']) == 2
+    assert f'is inside {tmp_path / "taken.png"}, which is a file' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(hasattr(os, 'geteuid') and os.geteuid() == 0, reason='root ignores folder permissions')
+def test_an_unwritable_output_folder_fails_before_any_work(tmp_path, capsys):
+    write_image(str(tmp_path / 'in.png'), smooth_image(0, 16, 16))
+    locked = tmp_path / 'locked'
+    locked.mkdir(mode=0o555)
+    assert _inference_script().main([str(tmp_path / 'in.png'), '-o', str(locked / 'out'),
+                                     '--net-weights', 'none.pth']) == 2
+    assert f'cannot write in {locked}' in capsys.readouterr().err
+
+
+def test_nan_pixels_fail_that_image_instead_of_a_black_output(weights, restorer, tmp_path, capsys):
+    inputs = tmp_path / 'in'
+    write_image(str(inputs / 'good.png'), smooth_image(0, 16, 16))
+    holes = smooth_image(1, 16, 16).astype(np.float32) / 255
+    holes[3:5, 2:4] = np.nan  # a float TIFF with 4 missing pixels
+    write_image(str(inputs / 'holes.tif'), holes)
+    assert _run_script(weights, [str(inputs)], tmp_path / 'out') == 1
+    captured = capsys.readouterr()
+    assert 'holes.tif: the input has 12 NaN or infinite values' in captured.err  # 4 pixels x 3 channels
+    assert (tmp_path / 'out' / 'good.png').is_file() and not (tmp_path / 'out' / 'holes.png').exists()
+
+    state = torch.load(weights['net'], weights_only=True)
+    state['params']['output.weight'][0, 0] = float('nan')
+    torch.save(state, str(tmp_path / 'nan_net.pth'))
+    broken = Restorer(str(tmp_path / 'nan_net.pth'), network_options=TINY_SIZES)
+    with pytest.raises(NonFiniteImageError, match=r'the restored image has \d+ NaN or infinite values \(saved, they '
+                                                  'would be black pixels'):
+        broken.restore(_rgb(0, 16, 16))
+
+
+def test_a_symbolic_link_loop_is_reported_and_the_rest_restored(weights, tmp_path, capsys):
+    inputs = tmp_path / 'in'
+    write_image(str(inputs / 'sub' / 'a.png'), smooth_image(0, 16, 16))
+    os.symlink('..', str(inputs / 'sub' / 'parent'))  # in/sub/parent/sub/parent/... forever
+    os.symlink('self', str(inputs / 'self'))  # a link to itself
+    os.symlink('gone.png', str(inputs / 'b.png'))  # a broken link to an image
+    assert _run_script(weights, [str(inputs)], tmp_path / 'out') == 1
+    err = capsys.readouterr().err
+    assert f'{inputs / "sub" / "parent"}: symbolic link loop' in err and f'{inputs / "self"}: symbolic link loop' in err
+    assert f'{inputs / "b.png"}: broken symbolic link' in err
+    assert sorted(p.relative_to(tmp_path / 'out').as_posix() for p in (tmp_path / 'out').rglob('*.png')) == \
+        ['sub/a.png']
+
+
+def test_ctrl_c_keeps_finished_files_and_says_so_in_one_line(weights, tmp_path, capsys, monkeypatch):
+    inputs = tmp_path / 'in'
+    for name in ('a', 'b', 'c'):
+        write_image(str(inputs / f'{name}.png'), smooth_image(0, 16, 16))
+    calls = []
+    restore_and_detect = Restorer.restore_and_detect
+
+    def interrupted_at_the_second_image(self, image):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return restore_and_detect(self, image)
+
+    monkeypatch.setattr(Restorer, 'restore_and_detect', interrupted_at_the_second_image)
+    assert _run_script(weights, [str(inputs)], tmp_path / 'out') == 130
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and 'Restoring' not in line]
+    assert err_lines == [f'Interrupted: 1 of 3 images were restored into {tmp_path / "out"} and are kept (complete '
+                         'files); the others were not restored.']
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['a.png']
+
+
+def test_tile_zero_is_an_error_and_one_prompt_stays_one_prompt(weights, tmp_path, capsys):
+    script = _inference_script()
+    for bad in ('0', '-8', 'big'):
+        with pytest.raises(SystemExit) as exit_info:
+            script.parse_args(['x.png', '--net-weights', 'n.pth', '--tile', bad])
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert '--tile: 0 is not allowed: it must be at least 1 (leave --tile out to restore whole images)' in err
+    assert "--tile: 'big' is not a whole number of pixels" in err
+    assert script.parse_args(['x.png', '--net-weights', 'n.pth', '--prompts', 'haze']).prompts == ['haze']
+    write_image(str(tmp_path / 'in.png'), smooth_image(0, 16, 16))
+    assert _run_script(weights, [str(tmp_path / 'in.png')], tmp_path / 'out', '--prompts', 'haze') == 0
+    assert "detected 'haze' (100%)" in capsys.readouterr().out
+    assert _restorer(weights, prompts='haze').prompts == ['haze']  # a string is one prompt, not four letters
+
+
+@pytest.mark.parametrize('error', [torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 8.00 GiB'),
+                                   MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory")])
+def test_out_of_memory_suggests_tiling(restorer, monkeypatch, error):
+    def exhausted(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(restorer, 'net', exhausted)
+    with pytest.raises(InferenceOutOfMemoryError, match=r'out of memory restoring a 24x16 image on cpu .*restore it '
+                                                        r'in tiles: --tile 512'):
+        restorer.restore(_rgb(0, 16, 24))
+    monkeypatch.setattr(restorer, 'tile', parse_tile_options({'size': 16, 'overlap': 4}))
+    with pytest.raises(InferenceOutOfMemoryError, match='use smaller tiles than 16'):
+        restorer.restore(_rgb(0, 16, 24))
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(restorer, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError('mat1 and mat2 shapes cannot be multiplied')
+
+    monkeypatch.setattr(restorer, 'net', broken)
+    with pytest.raises(RuntimeError, match='mat1 and mat2') as error_info:
+        restorer.restore(_rgb(0, 16, 16))
+    assert not isinstance(error_info.value, InferenceOutOfMemoryError)
+
+
+def test_the_script_reports_out_of_memory_per_image_and_goes_on(weights, tmp_path, capsys, monkeypatch):
+    write_image(str(tmp_path / 'in' / 'big.png'), smooth_image(0, 16, 16))
+    write_image(str(tmp_path / 'in' / 'small.png'), smooth_image(1, 16, 16))
+    restore_tensor, calls = Restorer.restore_tensor, []
+
+    def out_of_memory_for_the_first(self, images, degradation=None):
+        calls.append(1)
+        if len(calls) == 1:
+            raise InferenceOutOfMemoryError('out of memory restoring a 16x16 image on cpu; restore it in tiles: '
+                                            '--tile 512')
+        return restore_tensor(self, images, degradation)
+
+    monkeypatch.setattr(Restorer, 'restore_tensor', out_of_memory_for_the_first)
+    assert _run_script(weights, [str(tmp_path / 'in')], tmp_path / 'out') == 1
+    captured = capsys.readouterr()
+    assert 'big.png: out of memory restoring a 16x16 image on cpu; restore it in tiles: --tile 512' in captured.err
+    assert 'Restored 1 of 2 images' in captured.out and (tmp_path / 'out' / 'small.png').is_file()
+
+
+def test_ctrl_c_while_loading_the_weights_is_one_line(weights, tmp_path, capsys, monkeypatch):
+    write_image(str(tmp_path / 'in.png'), smooth_image(0, 16, 16))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Restorer, '__init__', interrupted)
+    assert _run_script(weights, [str(tmp_path / 'in.png')], tmp_path / 'out') == 130
+    assert capsys.readouterr().err.strip() == 'Interrupted; nothing was restored.'

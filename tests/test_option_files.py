@@ -11,7 +11,6 @@ import os
 import os.path as osp
 import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -34,14 +33,19 @@ NHRBL_TASKS = ['denoise_15', 'denoise_25', 'denoise_50', 'derain', 'dehaze', 'de
 NHRBL_TESTS = ['CBSD68-sigma15', 'CBSD68-sigma25', 'CBSD68-sigma50', 'SOTS-outdoor', 'Rain100L', 'GoPro', 'LOL',
                'CBSD68-random-sigma', 'Urban100-random-sigma', 'Urban100-sigma15', 'Urban100-sigma25',
                'Urban100-sigma50']
-# Paper settings: (tasks, repeats, validation sets, de_dim, batch per GPU, total_iter, warmup_iter).
+# Paper settings: (tasks, repeats, validation sets, de_dim, batch per GPU, GPUs).
 TRAIN_SETTINGS = {
-    'options/train_nhrbl.yml': (NHRBL_TASKS, [3, 3, 3, 120, 1, 1, 1], 7, 7, 4, 906200, 67965),
-    'options/train_nhr.yml': (NHRBL_TASKS[:5], [3, 3, 3, 120, 1], 5, 7, 4, 890000, 66750),
-    'options/train_denoise.yml': (NHRBL_TASKS[:3], [3, 3, 3], 3, 7, 8, 1157400, 86805),
-    'options/train_derain.yml': (['derain'], [120], 1, 5, 8, 600000, 45000),
-    'options/train_dehaze.yml': (['dehaze'], [1], 1, 5, 8, 1803200, 135240),
+    'options/train_nhrbl.yml': (NHRBL_TASKS, [3, 3, 3, 120, 1, 1, 1], 7, 7, 4, 8),
+    'options/train_nhr.yml': (NHRBL_TASKS[:5], [3, 3, 3, 120, 1], 5, 7, 4, 8),
+    'options/train_denoise.yml': (NHRBL_TASKS[:3], [3, 3, 3], 3, 7, 8, 1),
+    'options/train_derain.yml': (['derain'], [120], 1, 5, 8, 1),
+    'options/train_dehaze.yml': (['dehaze'], [1], 1, 5, 8, 1),
 }
+# Training-set sizes (clean images or pairs per task: BSD400 + WED per sigma, Rain100L train, RESIDE-beta OTS,
+# GoPro train, LOL our485) and the official schedule in epochs, from which every iteration count follows.
+TRAIN_SET_SIZES = {'denoise_15': 400 + 4744, 'denoise_25': 400 + 4744, 'denoise_50': 400 + 4744, 'derain': 200,
+                   'dehaze': 72135, 'deblur': 2103, 'delowlight': 485}
+EPOCHS, WARMUP_EPOCHS, VALIDATION_EPOCHS = 200, 15, 5
 TEST_SETTINGS = {  # test set names, de_dim
     'options/test_nhrbl.yml': (NHRBL_TESTS, 7),
     'options/test_nhr.yml': ([n for n in NHRBL_TESTS if n not in ('GoPro', 'LOL')], 7),
@@ -81,6 +85,27 @@ def _create_source(source: dict) -> None:
             _write_images(source['dataroot_lq'], names, 10)
 
 
+def _create_captions(opt: dict) -> None:
+    """A one-row DA-CLIP captions CSV for every task that names one."""
+    for dataset in opt['datasets'].values():
+        for task in dataset.get('tasks', []):
+            if task.get('captions') and not osp.exists(task['captions']):
+                os.makedirs(osp.dirname(task['captions']) or '.', exist_ok=True)
+                with open(task['captions'], 'w', encoding='utf-8') as f:
+                    f.write('filepath\ttitle\na.png\ta photo: noisy\n')
+
+
+def _create_triplets(opt: dict) -> None:
+    """A one-triplet meta-info file (degraded,medium,gt) for every QualityTripletDataset that names one."""
+    for dataset in opt['datasets'].values():
+        meta = dataset.get('meta_info_file') if dataset.get('type') == 'QualityTripletDataset' else None
+        if meta and not osp.exists(meta):
+            for kind in ('lq', 'medium', 'gt'):
+                _write_images(osp.join(osp.dirname(meta), kind), ['a.png'], 0)
+            with open(meta, 'w', encoding='utf-8') as f:
+                f.write('lq/a.png,medium/a.png,gt/a.png\n')
+
+
 def _sources(opt: dict):
     for dataset in opt['datasets'].values():
         for task in dataset.get('tasks', []):
@@ -102,8 +127,12 @@ def _shrink(opt: dict, tiny_clip_name: str) -> dict:
     for key in [k for k in networks.values() if opt.get(k)]:
         if opt[key]['type'] == 'VLUNet':
             opt[key].update(TINY_SIZES)
-        elif opt[key]['type'] == 'DegradationCLIP':
+        elif opt[key]['type'] == 'Restormer':
+            opt[key].update({k: v for k, v in TINY_SIZES.items() if k != 'key_size'})
+        elif opt[key]['type'] in ('DegradationCLIP', 'DACLIP', 'QualityPrompts'):
             opt[key].update(backbone=tiny_clip_name, pretrained=None)
+        elif opt[key]['type'] == 'ConditionalUNet':
+            opt[key].update(nf=8)
     for path_key, network_key in networks.items():
         if opt.get('path', {}).get(path_key):
             _save_weights(opt['path'][path_key], build_network(dict(opt[network_key])))
@@ -126,6 +155,8 @@ def test_option_file_builds_its_datasets_and_model(option_file, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     for source in _sources(shipped):
         _create_source(source)
+    _create_captions(shipped)
+    _create_triplets(shipped)
     opt = _parsed(str(tmp_path / 'opt.yml'), _shrink(shipped, tiny_clip_name), is_train, monkeypatch)
     datasets = {phase: build_dataset(dataset_opt) for phase, dataset_opt in opt['datasets'].items()}
     for phase, dataset in datasets.items():
@@ -137,9 +168,9 @@ def test_option_file_builds_its_datasets_and_model(option_file, tmp_path, monkey
         assert opt['scale'] == 1
         assert FLOAT_AND_UINT8_METRICS <= {m['type'] for m in shipped['val']['metrics'].values()}
         assert (model.degradation_encoder is not None) == bool(shipped.get('degradation_encoder'))
-        if is_train:
+        if is_train and shipped['network_g']['type'] == 'VLUNet':  # the official warm-up + cosine schedule
             _check_training_schedule(shipped, model)
-            assert shipped.get('find_unused_parameters') is True or option_file.startswith('options/demo/')
+            assert 'find_unused_parameters' not in shipped  # every trainable VLUNet parameter is used (DDP)
         crop = shipped['datasets'].get('train', {}).get('gt_size')
         if crop and not option_file.startswith('options/demo/'):
             assert crop == 128 and datasets['train'][0]['lq'].shape == (3, 128, 128)
@@ -160,7 +191,7 @@ def _check_training_schedule(shipped: dict, model) -> None:
 
 
 def _check_paper_training_setting(option_file: str, shipped: dict, model, datasets) -> None:
-    tasks, repeats, val_sets, de_dim, batch, total_iter, warmup_iter = TRAIN_SETTINGS[option_file]
+    tasks, repeats, val_sets, de_dim, batch, gpus = TRAIN_SETTINGS[option_file]
     train_set = shipped['datasets']['train']
     assert [t['name'] for t in train_set['tasks']] == tasks and [t.get('repeat', 1) for t in train_set['tasks']] \
         == repeats
@@ -169,11 +200,17 @@ def _check_paper_training_setting(option_file: str, shipped: dict, model, datase
     assert sum(k.startswith('val') for k in shipped['datasets']) == val_sets
     assert shipped['network_g']['de_dim'] == de_dim and train_set['batch_size_per_gpu'] == batch
     assert train_set['official_augment'] is True and train_set['crop_border_base'] == 16
-    assert (shipped['train']['total_iter'], shipped['train']['warmup_iter']) == (total_iter, warmup_iter)
+    # Iterations derived from the dataset sizes and the global batch (last partial batch dropped), as each header says.
+    per_epoch = sum(TRAIN_SET_SIZES[task] * repeat for task, repeat in zip(tasks, repeats)) // (batch * gpus)
+    assert (shipped['train']['total_iter'], shipped['train']['warmup_iter']) == (EPOCHS * per_epoch,
+                                                                                 WARMUP_EPOCHS * per_epoch)
+    assert shipped['val']['val_freq'] == shipped['logger']['save_checkpoint_freq'] == VALIDATION_EPOCHS * per_epoch
+    with open(osp.join(REPO_ROOT, option_file), encoding='utf-8') as f:
+        header = ''.join(line for line in f if line.startswith('#'))
+    assert f'{per_epoch:,} iterations per epoch' in header and f'{EPOCHS * per_epoch:,} iterations' in header
     optimizer = model.optimizer_g
     assert isinstance(optimizer, torch.optim.AdamW)
     group = optimizer.param_groups[0]
     assert (group['initial_lr'], group['betas'], group['weight_decay']) == (2e-4, (0.9, 0.999), 0.01)
     assert shipped['train']['pixel_opt']['type'] == 'L1Loss'
     assert shipped['path']['pretrain_network_degradation_encoder'].endswith('clip_tuned_clip.pth')
-    assert np.isclose(shipped['val']['val_freq'] * 40, total_iter)  # every 5 of 200 epochs

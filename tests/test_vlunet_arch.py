@@ -1,11 +1,13 @@
 """VLUNet: shapes at any size, gradients, official parameter layout and counts, exactness against an
 independent re-implementation of the official forward pass, degradation handling, load errors."""
+import copy
 import csv
 import json
 import os.path as osp
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from basicsr.models.base_model import BaseModel
@@ -14,6 +16,7 @@ from official_reference import official_forward
 from vlunet.archs.padding import pad_to_multiple
 from vlunet.archs.vlunet_arch import VLUNet
 from vlunet.utils.official_checkpoint import official_to_plugin_key, plugin_to_official_state_dict
+from vlunet.utils.safe_load import safe_torch_load
 
 MANIFEST = osp.join(osp.dirname(osp.abspath(__file__)), 'data', 'vlunet_official_state_dict.tsv')
 TINY = dict(de_dim=3, dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1), key_size=8)
@@ -61,14 +64,73 @@ def test_padding_mirrors_and_repeats_reflection_for_tiny_sides():
     one_pixel = pad_to_multiple(torch.full((1, 3, 1, 1), 0.25), 8)
     assert one_pixel.shape == (1, 3, 8, 8) and torch.all(one_pixel == 0.25)
     aligned = torch.rand(1, 3, 16, 8)
-    assert pad_to_multiple(aligned, 8) is aligned
+    assert torch.equal(pad_to_multiple(aligned, 8), aligned)
+    odd = torch.rand(2, 3, 13, 21)
+    assert torch.equal(pad_to_multiple(odd, 8), F.pad(odd, (0, 3, 0, 3), mode='reflect'))
 
 
-def test_gradients_reach_every_used_parameter_and_not_the_unused_downsampler():
-    net = tiny_net().train()
+@pytest.mark.parametrize('de_dim', [3, 5])
+def test_gradients_reach_every_trainable_parameter_and_the_unused_downsampler_is_frozen(de_dim):
+    net = tiny_net(de_dim=de_dim).train()
+    frozen = [name for name, p in net.named_parameters() if not p.requires_grad]
+    assert frozen == ['unused_degraded_down1_2.body.0.weight']
     net(torch.rand(2, 3, 16, 16), torch.randn(2, 512)).square().mean().backward()
     without = sorted(name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0)
-    assert without == ['unused_degraded_down1_2.body.0.weight']
+    assert without == frozen
+
+
+def test_without_degradation_every_trainable_parameter_is_still_in_the_graph():
+    """DDP (no find_unused_parameters) needs a gradient for every trainable parameter; key_logits get zeros."""
+    net = tiny_net().train()
+    net(torch.rand(2, 3, 16, 16)).square().mean().backward()
+    missing = [name for name, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    key_logits = [p.grad for name, p in net.named_parameters() if '.key_logits.' in name]
+    assert len(key_logits) == 16 and all(torch.count_nonzero(grad) == 0 for grad in key_logits)
+
+
+def test_channels_last_weights_give_the_same_fp32_outputs_and_gradients_bit_for_bit():
+    torch.manual_seed(3)
+    net = VLUNet().train()  # official size (tiny widths take other depthwise kernels: last-bit differences)
+    weights = [p for p in net.parameters() if p.dim() == 4]
+    assert all(p.stride() == torch.empty_like(p, memory_format=torch.channels_last).stride() for p in weights)
+    contiguous = copy.deepcopy(net)
+    for parameter in contiguous.parameters():
+        parameter.data = torch.empty(parameter.shape).copy_(parameter.data)  # the layout before: contiguous
+    image, degradation = torch.rand(1, 3, 16, 24), torch.randn(1, 512)
+    out, reference = net(image, degradation), contiguous(image, degradation)
+    assert torch.equal(out, reference)
+    out.square().mean().backward()
+    reference.square().mean().backward()
+    for (name, p), q in zip(net.named_parameters(), contiguous.parameters()):
+        assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), name
+        if p.grad is not None:
+            assert p.grad.stride() == p.stride(), name  # what DDP's gradient buckets need
+
+
+def test_state_dict_round_trips_through_files_official_names_and_ema(tmp_path):
+    net = tiny_net(seed=4)
+    path = str(tmp_path / 'net.pth')
+    torch.save({'params': net.state_dict()}, path)
+    loaded = VLUNet(**TINY)
+    loaded.load_state_dict(safe_torch_load(path)['params'])
+    official = VLUNet(**TINY)
+    official.load_state_dict({official_to_plugin_key(k): v for k, v in
+                              plugin_to_official_state_dict(net.state_dict()).items()})
+    image, degradation = torch.rand(1, 3, 16, 16), torch.randn(1, 512)
+    with torch.no_grad():
+        expected = net(image, degradation)
+        assert torch.equal(loaded.eval()(image, degradation), expected)
+        assert torch.equal(official.eval()(image, degradation), expected)
+    assert not loaded.unused_degraded_down1_2.body[0].weight.requires_grad
+    model = BaseModel({'num_gpu': 0, 'is_train': True, 'dist': False})
+    model.net_g, model.net_g_ema = net, VLUNet(**TINY)
+    with torch.no_grad():
+        for parameter in model.net_g_ema.parameters():
+            parameter.zero_()
+    model.model_ema(decay=0.5)  # BasicSR's EMA update: ema * 0.5 + net * 0.5
+    for (name, p), q in zip(net.named_parameters(), model.net_g_ema.parameters()):
+        assert torch.equal(q, p * 0.5), name
 
 
 def test_default_parameter_counts_are_the_official_ones():

@@ -4,6 +4,7 @@ Training and testing run ``vlunet/train.py`` / ``vlunet/test.py`` in subprocesse
 images with BasicSR's PairedImageDataset, a tiny VLUNet and a DegradationCLIP on the tiny random
 open_clip config (registered in the subprocesses by a ``sitecustomize`` module on PYTHONPATH).
 """
+import copy
 import csv
 import glob
 import os
@@ -125,7 +126,8 @@ def test_guided_training_lowers_the_loss_and_validates_with_both_metric_families
     assert 'will not be optimized' not in log
     for name in METRICS:
         values = [float(v) for v in re.findall(rf'# {name}: ([0-9.]+)', log)]
-        assert len(values) == 3, name  # iterations 4 and 8, then the final validation
+        assert len(values) == 2, name  # iterations 4 and 8; the final validation (same weights) is skipped
+    assert 'Final validation skipped: the final weights are those of iteration 8' in log
     psnr = [float(v) for v in re.findall(r'# psnr: ([0-9.]+)', log)]
     psnr_float = [float(v) for v in re.findall(r'# psnr_float: ([0-9.]+)', log)]
     assert all(15 < v < 60 for v in psnr) and np.allclose(psnr, psnr_float, atol=0.1)  # uint8 rounding only
@@ -246,6 +248,48 @@ class _CountingEncoder(nn.Module):
     def encode_degradation(self, images):
         self.inputs.append(tuple(images.shape))
         return images.mean(dim=(2, 3)).repeat(1, 4)
+
+
+class _FixedEncoder(nn.Module):
+    """Returns the same degradation vector for every image and records the images it was given."""
+
+    def __init__(self, vector: torch.Tensor):
+        super().__init__()
+        self.vector, self.inputs = vector, []
+
+    def encode_degradation(self, images):
+        self.inputs.append(images.clone())
+        return self.vector.expand(images.shape[0], -1)
+
+
+def test_degradation_vector_guides_vlunet_exactly_through_the_key_mixture(tmp_path):
+    model = _test_model(tmp_path, TINY_VLUNET)
+    torch.manual_seed(5)
+    with torch.no_grad():  # away from the initial constants, with clearly different keys
+        for name, parameter in model.net_g.named_parameters():
+            parameter.copy_(torch.randn_like(parameter) if name.endswith('degradation_keys')
+                            else parameter + 0.1 * torch.randn_like(parameter))
+    degradation = 4 * torch.randn(1, 512)
+    model.degradation_encoder = _FixedEncoder(degradation)
+    sample = default_collate([_ImageSet('guided', 1)[0]])
+    model.feed_data(sample)
+    model.test()
+    assert len(model.degradation_encoder.inputs) == 1 and torch.equal(model.degradation_encoder.inputs[0], sample['lq'])
+    # The paper's mechanism, computed independently: every D-GDM mixes its key bank with softmax(W d + b). A copy of
+    # the network whose banks hold that mixture in every slot, run without d (equal weights), must give the same output.
+    mixed = copy.deepcopy(model.net_g)
+    steps = [module for module in mixed.modules() if hasattr(module, 'degradation_keys')]
+    assert len(steps) == 8
+    with torch.no_grad():
+        for step in steps:
+            weights = torch.softmax(degradation @ step.key_logits.weight.T + step.key_logits.bias, dim=1)[0]
+            assert weights.max() - weights.min() > 0.05  # d really selects among the keys
+            mixture = (weights.view(-1, 1, 1, 1) * step.degradation_keys[0]).sum(dim=0)
+            step.degradation_keys.copy_(mixture.expand_as(step.degradation_keys[0])[None])
+        equivalent, unguided = mixed(sample['lq']), model.net_g(sample['lq'])
+    scale = model.output.abs().max()  # measured: 1e-6 relative to the equivalent, 1e-2 to the unguided output
+    assert (model.output - equivalent).abs().max() <= 1e-5 * scale
+    assert (model.output - unguided).abs().max() > 2e-3 * scale  # and the mixture changes the restoration
 
 
 def test_tiled_validation_encodes_the_whole_image_once_and_guides_every_tile(tmp_path):

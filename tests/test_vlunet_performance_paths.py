@@ -150,7 +150,7 @@ def test_memory_probe_and_clip_cost_on_tiny_models(benchmark, tiny_clip_name):
     task = dict(net_opt={'type': 'VLUNet', **TINY}, weights=None, device='cpu', threads=1, precision='fp32',
                 train_batch=2, kind='ours_forward', size=32)
     memory = benchmark.memory_probe(task)
-    assert memory['extra_bytes'] >= 0 and memory['peak_bytes'] > 0 and memory['seconds'] > 0
+    assert memory['peak_bytes'] > 0 and memory['seconds'] > 0  # extra_bytes: tests/test_benchmark_script.py
     clip = benchmark.clip_cost(tiny_clip_name, batch=2, size=32, repeats=1, device=torch.device('cpu'))
     assert clip['runs'] == 1 and clip['median_s'] > 0
     assert benchmark.clip_cost('none', 2, 32, 1, torch.device('cpu')) is None
@@ -164,7 +164,7 @@ def test_benchmark_script_end_to_end(tmp_path):
          '--train-size', '16', '--threads', '1', '--compare-official', '--clip-backbone', 'none', '--no-memory',
          '--json', str(out_json)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert '| forward (batch 1) | GMACs | ours | official | speed-up |' in result.stdout
+    assert '| forward (batch 1) | GMACs | ours | re-impl. of official | speed-up |' in result.stdout
     assert '| 16x16 |' in result.stdout and 'training step (batch 2, 16x16' in result.stdout
     results = json.loads(out_json.read_text())
     assert results['machine']['threads'] == 1 and results['machine']['torch'] == torch.__version__

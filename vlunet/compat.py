@@ -2,13 +2,18 @@
 
 Applied once by ``import vlunet`` (see :func:`apply`). Each fix names the BasicSR behaviour it
 replaces; on a CUDA machine BasicSR's behaviour is kept except where it is a plain bug (the global
-rank used as the GPU index). Every deviation from BasicSR is logged when it takes effect.
+rank used as the GPU index). Every deviation from BasicSR says once what it changed when it takes
+effect: in the run's log (written when BasicSR has set up its logger; nothing is printed when
+vlunet is only used as a library) or, for the per-process distributed fixes, on the console.
 
 1. ``basicsr.data.degradations`` imports ``torchvision.transforms.functional_tensor``, removed in
    torchvision 0.17, so ``import basicsr`` fails. We register an alias module exposing the one
-   function BasicSR uses (``rgb_to_grayscale``) from ``torchvision.transforms.functional``.
+   function BasicSR uses (``rgb_to_grayscale``) from ``torchvision.transforms.functional``
+   (:func:`vlunet_basicsr_hook.install_functional_tensor_alias`; the hook installs it too, before
+   BasicSR's own entry points import basicsr).
 2. ``basicsr.train.load_resume_state`` maps the resume state to CUDA, which crashes without a GPU.
-   Without CUDA we load it onto the CPU; with CUDA BasicSR's function runs unchanged.
+   Without CUDA we load it onto the CPU with ``safe_torch_load`` (never runs code from the file);
+   with CUDA BasicSR's function runs unchanged (torch's default ``weights_only=True`` load).
 3. ``basicsr.utils.dist_util._init_dist_pytorch`` always uses NCCL and calls
    ``torch.cuda.set_device(RANK % device_count)`` (ZeroDivisionError without GPUs, and the wrong
    GPU on the second node). We use gloo when CUDA is unavailable and ``LOCAL_RANK`` for the device.
@@ -16,37 +21,84 @@ rank used as the GPU index). Every deviation from BasicSR is logged when it take
    DDP must get none.
 5. ``python -m torch.distributed.launch`` (torch >= 2.0) passes ``--local-rank=N`` while BasicSR's
    parser knows only ``--local_rank``; :func:`normalize_local_rank_argument` rewrites the former
-   (called by ``vlunet.train`` / ``vlunet.test``, since argv belongs to the entry point).
+   (called by ``vlunet.train`` / ``vlunet.test``, and by BasicSR's ``parse_options``, see 7).
+6. BasicSR's pipelines print the whole network structure, the option dump and a version banner
+   (about 500 lines) on the console, and the training eta is one iteration off (``eta: -1 day,
+   23:59:58`` at the last). The console handler of their logger skips those records (the log file
+   keeps them), ``print_network`` writes the structure to the log file only, and the eta is
+   (iterations left) x (time per iteration).
+7. BasicSR's own entry points (``python -m basicsr.train``, ``python <BasicSR>/basicsr/train.py``,
+   likewise ``test``; vlunet is imported by ``vlunet_basicsr_hook``) run the pipeline as
+   ``__main__``, a second copy of ``basicsr/train.py`` whose globals never saw the fixes above. The
+   first thing the pipeline calls is ``basicsr.utils.options.parse_options``; ours normalises
+   ``--local-rank`` (5) and, when ``__main__`` is BasicSR's train/test script, gives it the globals of
+   ``basicsr.train`` / ``basicsr.test`` (with the fixes: CPU resume, readable console) before the
+   pipeline looks any of them up.
+8. ``Registry._do_register`` asserts when a name is registered twice, also when the same file is
+   imported again under another module name (by path with ``importlib``, ``python -m`` of a plugin
+   file, a folder inside the package on ``sys.path``), so the second import crashes. A second
+   registration of the same definition (same qualified name and source file) now keeps the first
+   one; a different object under a taken name is still refused, with both definitions named.
+9. BasicSR's own train/test scripts (7) put ``experiments/``, ``results/`` and ``tb_logger/`` under
+   the folder above the basicsr package: site-packages when basicsr is pip-installed (``python -m
+   basicsr.train``), while ``--auto_resume`` looks under the current directory. When that root is a
+   site-packages folder we use the current directory, as vlunet's entry points do; a BasicSR source
+   tree stays the root.
 """
-import importlib
+import inspect
 import logging
 import os
 import os.path as osp
 import sys
-import types
 from typing import List
 
 import torch
+from vlunet_basicsr_hook import install_functional_tensor_alias
 
 _LOGGER = logging.getLogger('basicsr')
 _applied = False
 
 
+class _ReportWhenLogIsReady(logging.Handler):
+    """Handler of the ``basicsr`` logger that logs the queued reports before its first record.
+
+    BasicSR sets its logger up (handlers, INFO level on rank 0, ERROR elsewhere) only inside its
+    pipelines, after the import-time fixes took effect; the first record that reaches the handlers
+    means the log is ready. The reports go first, once, to the console and the run's log file.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reports: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reports, self.reports = self.reports, []
+        for report in reports:
+            _LOGGER.info(report)
+
+
+_PENDING_REPORTS = _ReportWhenLogIsReady()
+
+
+def _report_in_log(message: str) -> None:
+    """Log ``message`` once through BasicSR's logger as soon as it is set up."""
+    if _PENDING_REPORTS not in _LOGGER.handlers:
+        _LOGGER.addHandler(_PENDING_REPORTS)
+    _PENDING_REPORTS.reports.append(message)
+
+
 def _install_functional_tensor_alias() -> None:
-    name = 'torchvision.transforms.functional_tensor'
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError:
-        from torchvision.transforms import functional
-        alias = types.ModuleType(name)
-        alias.rgb_to_grayscale = functional.rgb_to_grayscale
-        sys.modules[name] = alias
+    if install_functional_tensor_alias():
+        _report_in_log('vlunet.compat: torchvision.transforms.functional_tensor (removed in torchvision 0.17, '
+                       'imported by basicsr 1.4.2) is an alias of torchvision.transforms.functional.')
 
 
 def _load_resume_state_on_cpu(opt: dict):
-    """BasicSR's ``load_resume_state`` with ``map_location='cpu'``, used only without CUDA."""
+    """BasicSR's ``load_resume_state`` on the CPU through ``safe_torch_load``, used only without CUDA."""
     from basicsr.utils import scandir
     from basicsr.utils.misc import check_resume
+
+    from vlunet.utils.safe_load import safe_torch_load
 
     resume_state_path = None
     if opt['auto_resume']:
@@ -62,7 +114,7 @@ def _load_resume_state_on_cpu(opt: dict):
         return None
     _LOGGER.info('vlunet.compat: CUDA is unavailable, loading the resume state %s on the CPU.',
                  resume_state_path)
-    resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=False)
+    resume_state = safe_torch_load(resume_state_path, 'resume state')
     check_resume(opt, resume_state['iter'])
     return resume_state
 
@@ -72,6 +124,7 @@ def _patch_load_resume_state() -> None:
     original = basicsr.train.load_resume_state
 
     def load_resume_state(opt: dict):
+        opt['root_path'] = _output_root(opt['root_path'])  # 9: train_pipeline has just set it (tb_logger/)
         if torch.cuda.is_available():
             return original(opt)
         return _load_resume_state_on_cpu(opt)
@@ -83,12 +136,16 @@ def _init_dist_pytorch(backend: str = 'nccl', **kwargs) -> None:
     """Initialise ``torch.distributed`` from torchrun's environment (RANK, LOCAL_RANK, ...)."""
     import torch.distributed as dist
     if torch.cuda.is_available():
-        local_rank = int(os.environ.get('LOCAL_RANK', os.environ['RANK']))
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        rank, count = int(os.environ['RANK']), torch.cuda.device_count()
+        local_rank = int(os.environ.get('LOCAL_RANK', rank))
+        torch.cuda.set_device(local_rank % count)
+        if local_rank % count != rank % count:
+            print(f'vlunet.compat: rank {rank} uses GPU {local_rank % count} (LOCAL_RANK={local_rank}); '
+                  f'basicsr 1.4.2 would use RANK % {count} = {rank % count}.', flush=True)
     elif backend == 'nccl':
         backend = 'gloo'
-        print('vlunet.compat: CUDA is unavailable, using the gloo backend for distributed training.',
-              flush=True)
+        print('vlunet.compat: CUDA is unavailable, using the gloo backend for distributed training '
+              '(basicsr 1.4.2: NCCL), and DistributedDataParallel on the CPU without CUDA device_ids.', flush=True)
     dist.init_process_group(backend=backend, **kwargs)
 
 
@@ -111,6 +168,109 @@ def _patch_model_to_device() -> None:
     BaseModel.model_to_device = model_to_device
 
 
+def _patch_console_output() -> None:
+    """6. A readable console (:mod:`vlunet.utils.console_log`): the network structure, the option dump and
+    the version banner go to the log file only, and the training eta is never negative."""
+    import basicsr.test
+    import basicsr.train
+    from basicsr.models.base_model import BaseModel
+
+    from vlunet.utils import console_log
+    for pipeline in (basicsr.train, basicsr.test):
+        pipeline.get_root_logger = console_log.with_quiet_console(pipeline.get_root_logger)
+        pipeline.dict2str = console_log.file_only(pipeline.dict2str)
+        pipeline.get_env_info = console_log.file_only(pipeline.get_env_info)
+    basicsr.train.MessageLogger = console_log.IterationTimeMessageLogger
+    BaseModel.print_network = console_log.print_network
+
+
+def _adopt_pipeline_fixes_in_main() -> None:
+    """7. When ``__main__`` is BasicSR's train/test script, give it the fixed ``basicsr.train``/``test`` globals."""
+    import basicsr.test
+    import basicsr.train
+    main = sys.modules.get('__main__')
+    for pipeline, function in ((basicsr.train, 'train_pipeline'), (basicsr.test, 'test_pipeline')):
+        running = getattr(main, function, None)
+        if main is pipeline or getattr(running, '__globals__', None) is not vars(main):
+            continue  # not defined by the script itself (e.g. imported from basicsr.train)
+        if running.__code__.co_code != getattr(pipeline, function).__code__.co_code:
+            continue  # somebody's own script with a function of that name
+        for name, value in vars(pipeline).items():
+            if not name.startswith('__') and name != function:
+                setattr(main, name, value)
+        _report_in_log(f'vlunet.compat: {main.__file__} runs as __main__; it uses the fixes of {pipeline.__name__}.')
+
+
+def _is_site_packages(folder: str) -> bool:
+    """A folder of installed distributions (a site directory, or one holding ``*.dist-info``)."""
+    import glob
+    import site
+    import sysconfig
+    folders = {sysconfig.get_paths()[key] for key in ('purelib', 'platlib')}
+    folders.update(site.getsitepackages() + [site.getusersitepackages()])
+    is_site_dir = osp.realpath(folder) in {osp.realpath(f) for f in folders}
+    return is_site_dir or bool(glob.glob(osp.join(folder, '*.dist-info')))
+
+
+def _output_root(root_path: str) -> str:
+    """9. The current directory instead of a site-packages folder as BasicSR's ``root_path``."""
+    return os.getcwd() if _is_site_packages(root_path) else root_path
+
+
+def _patch_parse_options() -> None:
+    """5, 7, 9: BasicSR's ``parse_options`` (first call of both pipelines) fixes argv, ``__main__``, the root."""
+    import basicsr.test
+    import basicsr.train
+    from basicsr.utils import options
+    original = options.parse_options
+    if getattr(original, 'vlunet_fixes', False):
+        return
+
+    def parse_options(root_path: str, is_train: bool = True):
+        sys.argv = normalize_local_rank_argument(sys.argv)
+        _adopt_pipeline_fixes_in_main()
+        if _output_root(root_path) != root_path:
+            _report_in_log(f'vlunet.compat: outputs go under the current directory {os.getcwd()}, not under '
+                           f'{root_path} (site-packages, where basicsr 1.4.2 would put them).')
+        return original(_output_root(root_path), is_train)
+
+    parse_options.vlunet_fixes = True
+    options.parse_options = basicsr.train.parse_options = basicsr.test.parse_options = parse_options
+
+
+def _definition(obj: object) -> tuple:
+    """(qualified name, real source file) of a registered class or function; the file is None if unknown.
+
+    The file comes from the code objects (a module imported by path need not be in ``sys.modules``).
+    """
+    functions = [obj] if inspect.isfunction(obj) else [
+        value for value in vars(obj).values() if inspect.isfunction(value)] if isinstance(obj, type) else []
+    source = osp.realpath(functions[0].__code__.co_filename) if functions else None
+    return getattr(obj, '__qualname__', repr(obj)), source
+
+
+def _patch_registry() -> None:
+    from basicsr.utils.registry import Registry
+    original = Registry._do_register
+    if getattr(original, 'vlunet_fixes', False):
+        return
+
+    def _do_register(self, name: str, obj: object, suffix=None) -> None:
+        key = f'{name}_{suffix}' if isinstance(suffix, str) else name
+        registered = self._obj_map.get(key)
+        if registered is None:
+            return original(self, name, obj, suffix)
+        if _definition(registered) == _definition(obj) and _definition(obj)[1] is not None:
+            return None  # the same file imported again under another module name: keep the first registration
+        (first, first_file), (second, second_file) = _definition(registered), _definition(obj)
+        raise ValueError(f'{self._name} registry: {key!r} is already registered by {registered.__module__}.{first} '
+                         f'({first_file or "source unknown"}); {getattr(obj, "__module__", "?")}.{second} '
+                         f'({second_file or "source unknown"}) is another object with that name: rename one of them.')
+
+    _do_register.vlunet_fixes = True
+    Registry._do_register = _do_register
+
+
 def normalize_local_rank_argument(argv: List[str]) -> List[str]:
     """Return ``argv`` with ``--local-rank`` (torch >= 2.0 launcher) spelled ``--local_rank``."""
     return ['--local_rank' + arg[len('--local-rank'):] if arg.startswith('--local-rank') else arg for arg in argv]
@@ -125,4 +285,7 @@ def apply() -> None:
     _patch_load_resume_state()
     _patch_init_dist()
     _patch_model_to_device()
+    _patch_console_output()
+    _patch_parse_options()
+    _patch_registry()
     _applied = True

@@ -1,13 +1,39 @@
-"""Shared start-up of ``vlunet.train`` and ``vlunet.test``: argv fix-up and option checking."""
+"""Shared start-up of ``vlunet.train`` and ``vlunet.test``: argv fix-up, option checking, console verbosity."""
 import argparse
+import contextlib
 import os
 import sys
-from typing import Callable
+from typing import Callable, List
 
 from torch import distributed
 
 from vlunet import compat
 from vlunet.options import OptionError, check_option_file
+from vlunet.utils import console_log
+from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
+
+VERBOSE_FLAG = '--verbose'
+
+
+def check_command_line(argv: List[str], is_train: bool) -> None:
+    """Check the ``-opt`` file with the ``--force_yml`` overrides applied, as BasicSR will use it.
+
+    Exits with the problems (printed by rank 0 only) before anything is created; prints the warnings.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt')
+    parser.add_argument('--force_yml', nargs='+')
+    parser.add_argument('--auto_resume', action='store_true')
+    known, _ = parser.parse_known_args(argv[1:])
+    if known.opt is None:
+        return  # BasicSR's parser reports the missing -opt
+    is_rank_0 = int(os.environ.get('RANK', 0)) == 0
+    try:
+        warnings = check_option_file(known.opt, is_train, known.force_yml, known.auto_resume)
+    except OptionError as err:
+        sys.exit(f'error: {err}' if is_rank_0 else 1)
+    for warning in warnings if is_rank_0 else ():
+        print(f'warning: {known.opt}: {warning}', file=sys.stderr, flush=True)
 
 
 def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
@@ -15,21 +41,20 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
 
     Outputs (``experiments/``, ``results/``, ``tb_logger/``) go under the directory the command is
     run from, also when vlunet is pip-installed: basicsr 1.4.2 puts them under ``root_path``.
-    The process group BasicSR opened is closed at the end (basicsr never does; gloo ranks that exit
-    with it still open can abort with SIGABRT at interpreter shutdown).
+    ``--verbose`` also shows the network structure and the option dump on the console (they are always
+    in the log file). The process group BasicSR opened is closed at the end (basicsr never does; gloo
+    ranks that exit with it still open can abort with SIGABRT at interpreter shutdown).
     """
     sys.argv = compat.normalize_local_rank_argument(sys.argv)
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt')
-    known, _ = parser.parse_known_args()
-    if known.opt is not None:
-        try:
-            warnings = check_option_file(known.opt, is_train)
-        except OptionError as err:
-            sys.exit(f'error: {err}')
-        for warning in warnings:
-            print(f'warning: {known.opt}: {warning}', file=sys.stderr, flush=True)
-    pipeline(os.getcwd())
+    console_log.set_verbose(VERBOSE_FLAG in sys.argv)
+    sys.argv = [arg for arg in sys.argv if arg != VERBOSE_FLAG]  # ours, unknown to BasicSR's parser
+    check_command_line(sys.argv, is_train)
+    try:  # one training run per experiment (vlunet/utils/experiment_lock.py)
+        lock = acquire_training_lock(sys.argv[1:], os.getcwd()) if is_train else contextlib.nullcontext()
+    except ExperimentLockedError as err:
+        sys.exit(f'error: {err}')
+    with lock:
+        pipeline(os.getcwd())
     if distributed.is_available() and distributed.is_initialized():
         distributed.barrier()  # no rank tears the group down while another still uses it
         distributed.destroy_process_group()

@@ -7,7 +7,7 @@ Python API::
 
     restorer = Restorer('experiments/pretrained_models/5task_vlunet_net.pth',
                         clip_weights='experiments/pretrained_models/5task_vlunet_clip.pth',
-                        device='cuda', tile={'size': 256, 'overlap': 32}, half=True)
+                        device='cuda', tile={'size': 512, 'overlap': 32}, half=True)
     image = load_image('photo.jpg')                    # float32 (H, W, 3) RGB in [0, 1]
     restored = restorer.restore(image)                 # same shape, any H and W
     prompt, probabilities = restorer.detect_degradation(image)
@@ -22,13 +22,19 @@ default ``{type: DegradationCLIP, backbone: ViT-B-32}``) is built when ``clip_we
 
 The degradation vector d is computed once from the whole image and shared by all tiles.
 :meth:`Restorer.detect_degradation` scores the image embedding against the text embeddings of the
-``prompts`` (default: the seven official degradation texts) with the plain dot product the
-official CLIP fine-tuning trains (no normalisation, no temperature) and returns the best prompt
-and the softmax over the prompts.
+``prompts`` (default: the seven official degradation texts) and returns the best prompt and the
+softmax over the prompts. It scores with the scorer the adapters were trained with, the one CLIP
+validation uses (:class:`~vlunet.models.degradation_classification.PromptScorer`): recorded in our
+fine-tuning checkpoints (cosine × temperature for the contrastive losses), the official raw dot
+product for official and converted files, or ``scorer=`` to choose.
+
+Checks: an input or output with NaN/Inf values and running out of memory raise errors that say what
+to do (:class:`NonFiniteImageError`, :class:`InferenceOutOfMemoryError`), instead of a black image or
+the allocator's message.
 """
 import os.path as osp
 from functools import partial
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,15 +44,26 @@ from torch import nn
 
 from vlunet.data.image_io import read_image
 from vlunet.data.task_catalog import KNOWN_TASKS
+from vlunet.models.degradation_classification import OFFICIAL_SCORER, PromptScorer, read_scorer
 from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder
 from vlunet.options import load_option_file
 from vlunet.utils.atomic_write import atomic_imwrite
 from vlunet.utils.official_checkpoint import detect_de_dim
+from vlunet.utils.official_release import RELEASE_PACKAGE_URL
 from vlunet.utils.precision import AmpOptions, autocast
+from vlunet.utils.safe_load import safe_torch_load
 from vlunet.utils.tiling import parse_tile_options, restore
 
 DEFAULT_PROMPTS = tuple(task.text for task in KNOWN_TASKS.values())
 DEFAULT_ENCODER = {'type': 'DegradationCLIP', 'backbone': 'ViT-B-32', 'pretrained': None}
+
+
+class NonFiniteImageError(ValueError):
+    """An input or restored image with NaN or infinite values (it would be written as black pixels)."""
+
+
+class InferenceOutOfMemoryError(RuntimeError):
+    """The device ran out of memory restoring an image; the message says which tile size to use."""
 
 
 class DegradationGuess(NamedTuple):
@@ -74,6 +91,13 @@ def _to_image(images: torch.Tensor) -> np.ndarray:
     return images[0].permute(1, 2, 0).cpu().numpy()
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    """torch.OutOfMemoryError (alias torch.cuda.OutOfMemoryError), MemoryError, or an allocator's RuntimeError."""
+    message = str(error).lower()
+    return isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or 'out of memory' in message \
+        or "can't allocate memory" in message
+
+
 def resolve_device(device: str) -> torch.device:
     """``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``, checked."""
     if device == 'auto':
@@ -87,12 +111,9 @@ def resolve_device(device: str) -> torch.device:
 def _network_state(path: str, param_key: str) -> Dict[str, torch.Tensor]:
     if not osp.isfile(path):
         raise FileNotFoundError(f'network weights {path!r} do not exist (train a model, or convert an official '
-                                '.ckpt with scripts/convert_official_checkpoint.py).')
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:  # noqa: BLE001 -- torch.load raises many types on foreign files
-        raise ValueError(f'{path!r} is not a BasicSR weight file ({type(error).__name__}); official Lightning .ckpt '
-                         'files must be converted first: scripts/convert_official_checkpoint.py.') from error
+                                f'.ckpt from the authors\' package {RELEASE_PACKAGE_URL} with '
+                                'scripts/convert_official_checkpoint.py).')
+    checkpoint = safe_torch_load(path, 'network weights')
     if isinstance(checkpoint, dict) and 'state_dict' in checkpoint:
         raise ValueError(f'{path!r} is a Lightning checkpoint; convert it with scripts/convert_official_checkpoint.py '
                          'and use the written <name>_net.pth.')
@@ -126,9 +147,14 @@ class Restorer:
         encoder_options: ``degradation_encoder`` mapping (default :data:`DEFAULT_ENCODER` when
             ``clip_weights`` is given; no encoder when both are None).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
-        tile: ``{'size': 256, 'overlap': 32}`` (optional ``size_multiple``) or None for whole images.
+        tile: ``{'size': 512, 'overlap': 32}`` (optional ``size_multiple``) or None for whole images.
         half: float16 autocast for the network on CUDA (the encoder stays float32).
-        prompts: degradation texts for :meth:`detect_degradation` (default: the seven official ones).
+        prompts: degradation texts for :meth:`detect_degradation` (default: the seven official ones; a
+            single string is one prompt).
+        scorer: how :meth:`detect_degradation` scores images against prompts: a
+            :class:`~vlunet.models.degradation_classification.PromptScorer` or its text (``dot``,
+            ``cosine``, ``cosine:<temperature>``); default: the one recorded in ``clip_weights`` (the
+            loss the adapters were trained with), else the official ``dot``.
         param_key: key of the network weights in ``net_weights`` (falls back to params / params_ema).
         progress: show a progress bar over the tiles of each image (tiled inference only).
     """
@@ -136,7 +162,7 @@ class Restorer:
     def __init__(self, net_weights: str, clip_weights: Optional[str] = None, network_options: Optional[dict] = None,
                  encoder_options: Optional[dict] = None, device: str = 'cpu', tile: Optional[dict] = None,
                  half: bool = False, prompts: Sequence[str] = DEFAULT_PROMPTS, param_key: str = 'params',
-                 progress: bool = False):
+                 progress: bool = False, scorer: Union[PromptScorer, str, None] = None):
         self.device = resolve_device(device)
         if half and self.device.type != 'cuda':
             raise ValueError('half precision needs a CUDA device (use device="cuda", or drop half).')
@@ -148,10 +174,18 @@ class Restorer:
         if clip_weights is not None or encoder_options is not None:
             encoder_options = encoder_options or DEFAULT_ENCODER
         self.encoder = build_degradation_encoder(encoder_options, clip_weights, self.device)
-        self.prompts = list(prompts)
-        if not self.prompts:
-            raise ValueError('prompts: give at least one degradation text.')
+        self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not self.prompts or not all(isinstance(prompt, str) and prompt for prompt in self.prompts):
+            raise ValueError(f'prompts: give one or more non-empty degradation texts, got {prompts!r}.')
+        self.scorer = self._resolve_scorer(scorer, clip_weights)
         self._text_embeddings: Optional[torch.Tensor] = None
+
+    def _resolve_scorer(self, scorer: Union[PromptScorer, str, None], clip_weights: Optional[str]) -> PromptScorer:
+        if isinstance(scorer, str):
+            return PromptScorer.parse(scorer)
+        if scorer is not None:
+            return scorer
+        return read_scorer(clip_weights) if self.encoder is not None and clip_weights else OFFICIAL_SCORER
 
     @classmethod
     def from_option_file(cls, path: str, **overrides) -> 'Restorer':
@@ -174,6 +208,10 @@ class Restorer:
             raise ValueError('expected a float (H, W, 3) RGB image in [0, 1], got '
                              f'{getattr(image, "shape", type(image))} {getattr(image, "dtype", "")}; read files with '
                              'vlunet.inference.load_image (converts gray, 16-bit, RGBA and BGR order).')
+        non_finite = int(np.count_nonzero(~np.isfinite(image)))
+        if non_finite:
+            raise NonFiniteImageError(f'the input has {non_finite} NaN or infinite values (e.g. a float TIFF with '
+                                      'missing pixels); fill or remove them before restoring.')
         return img2tensor(np.clip(image, 0, 1), bgr2rgb=False, float32=True).unsqueeze(0).to(self.device)
 
     def encode_degradation(self, images: torch.Tensor) -> Optional[torch.Tensor]:
@@ -191,9 +229,34 @@ class Restorer:
         if degradation is None:
             degradation = self.encode_degradation(images)
         network = self.net if degradation is None else partial(self.net, degradation=degradation)
-        with torch.no_grad(), autocast(self.amp, self.device):
-            output = restore(network, images, self.tile, self.size_multiple, self.progress)
+        out_of_memory = None
+        try:
+            with torch.no_grad(), autocast(self.amp, self.device):
+                output = restore(network, images, self.tile, self.size_multiple, self.progress)
+        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
+            if not _is_out_of_memory(error):
+                raise
+            out_of_memory = self._out_of_memory_message(images, error)
+        if out_of_memory:  # raised here, without the original error, so its tensors are freed first
+            if self.device.type == 'cuda':
+                torch.cuda.empty_cache()
+            raise InferenceOutOfMemoryError(out_of_memory)
+        if not torch.isfinite(output).all():
+            raise NonFiniteImageError(
+                f'the restored image has {int((~torch.isfinite(output)).sum())} NaN or infinite values'
+                + (' under float16 (try without half precision)' if self.amp.enabled else '')
+                + ' (saved, they would be black pixels).')
         return output.float().clamp_(0, 1)
+
+    def _out_of_memory_message(self, images: torch.Tensor, error: BaseException) -> str:
+        height, width = images.shape[-2:]
+        if self.tile is None:
+            advice = ('restore it in tiles: --tile 512 (scripts/inference.py), tile={"size": 512, "overlap": 32} '
+                      '(Restorer) or tile: {size: 512, overlap: 32} (option file)')
+        else:
+            advice = f'use smaller tiles than {self.tile.size} (e.g. --tile {max(self.tile.size // 2, 64)})'
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        return f'out of memory restoring a {width}x{height} image on {self.device} ({reason}); {advice}.'
 
     def restore(self, image: np.ndarray) -> np.ndarray:
         """Restore a float32 (H, W, 3) RGB image in [0, 1] of any size -> float32 (H, W, 3) RGB in [0, 1]."""
@@ -210,7 +273,7 @@ class Restorer:
 
     def guess_degradation(self, degradation: torch.Tensor) -> DegradationGuess:
         """The prompt best matching the image embedding ``degradation`` (1, D), and every prompt's probability."""
-        probabilities = torch.softmax(degradation @ self.text_embeddings().T, dim=1)[0].cpu()
+        probabilities = torch.softmax(self.scorer(degradation, self.text_embeddings()), dim=1)[0].cpu()
         return DegradationGuess(self.prompts[int(probabilities.argmax())],
                                 {prompt: float(p) for prompt, p in zip(self.prompts, probabilities)})
 

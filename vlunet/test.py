@@ -1,7 +1,8 @@
 """Test (evaluate) with BasicSR's pipeline and every vlunet component registered.
 
-Usage: ``python vlunet/test.py -opt options/X.yml [--launcher none|pytorch|slurm]``, or
-``python -m vlunet.test ...``, or ``vlunet-test ...``.
+Usage: ``python vlunet/test.py -opt options/X.yml [--launcher none|pytorch|slurm] [--verbose]``, or
+``python -m vlunet.test ...``, or ``vlunet-test ...``. ``--verbose`` also prints the network structure and
+the option dump on the console (always in the log file).
 """
 import os.path as osp
 import sys

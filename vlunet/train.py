@@ -1,7 +1,8 @@
 """Train with BasicSR's pipeline and every vlunet component registered.
 
 Usage: ``python vlunet/train.py -opt options/X.yml [--launcher none|pytorch|slurm] [--auto_resume]
-[--debug] [--force_yml key:sub=value]``, or ``python -m vlunet.train ...``, or ``vlunet-train ...``.
+[--debug] [--force_yml key:sub=value] [--verbose]``, or ``python -m vlunet.train ...``, or ``vlunet-train ...``.
+``--verbose`` also prints the network structure and the option dump on the console (always in the log file).
 """
 import os.path as osp
 import sys

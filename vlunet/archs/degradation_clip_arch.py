@@ -24,15 +24,15 @@ mapped by :func:`official_clip_state_dict` (one implementation, shared with the 
 import os.path as osp
 from typing import Dict, List, Optional
 
-import open_clip
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from vlunet.utils.console_log import without_random_init_warning
 from vlunet.utils.official_checkpoint import load_official_file, official_clip_state_dict
+from vlunet.utils.safe_load import safe_torch_load
 
 __all__ = ['DegradationCLIP', 'clip_preprocess', 'official_clip_state_dict']
 
@@ -52,6 +52,7 @@ def clip_preprocess(images: torch.Tensor, size: int = CLIP_INPUT_SIZE) -> torch.
     Bicubic antialiased resize of the short side to ``size`` (long side ``int(size * long / short)``),
     centre crop (rounded offsets), OpenAI mean/std; no clamping and no uint8 round trip.
     """
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # on use: open_clip takes seconds to import
     images = TF.resize(images, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
     images = TF.center_crop(images, [size, size])
     return TF.normalize(images, list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD))
@@ -67,6 +68,7 @@ def make_adapter(width: int, activation: str) -> nn.Sequential:
 
 def register_backbone_config(backbone: str) -> str:
     """The open_clip model name of ``backbone``; a ``*.json`` config path is registered first."""
+    import open_clip
     if backbone.endswith('.json'):
         if not osp.isfile(backbone):
             raise FileNotFoundError(f'backbone: the open_clip model config {backbone!r} does not exist.')
@@ -80,7 +82,7 @@ def register_backbone_config(backbone: str) -> str:
 
 def _converted_backbone_state(path: str) -> Optional[Dict[str, torch.Tensor]]:
     """``backbone.*`` tensors (prefix removed) of a converted ``{'params': ...}`` file, or None for other files."""
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    checkpoint = safe_torch_load(path, 'CLIP weights (pretrained)')
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('params'), dict)):
         return None
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in checkpoint['params'].items() if k.startswith(BACKBONE_PREFIX)}
@@ -91,6 +93,7 @@ def _converted_backbone_state(path: str) -> Optional[Dict[str, torch.Tensor]]:
 
 
 def _download_failure_message(name: str, tag: str, error: Exception) -> str:
+    import open_clip
     hf_hub = (open_clip.get_pretrained_cfg(name, tag) or {}).get('hf_hub', '')
     source = (OFFICIAL_WEIGHTS_HELP if (name, tag) == ('ViT-B-32', 'laion2b_s34b_b79k')
               else f'the Hugging Face repo {hf_hub.rstrip("/")}, file open_clip_pytorch_model.bin')
@@ -102,13 +105,16 @@ def _download_failure_message(name: str, tag: str, error: Exception) -> str:
 
 def build_backbone(name: str, pretrained: Optional[str]) -> nn.Module:
     """An open_clip model ``name`` with weights from ``pretrained`` (None, tag or local file)."""
+    import open_clip
     if pretrained is None:
-        return open_clip.create_model(name, pretrained=None)
+        with without_random_init_warning():  # DegradationCLIP.random_backbone says it (until weights load)
+            return open_clip.create_model(name, pretrained=None)
     if osp.isfile(pretrained):
         state = _converted_backbone_state(pretrained)
         if state is None:
             return open_clip.create_model(name, pretrained=pretrained)
-        model = open_clip.create_model(name, pretrained=None)
+        with without_random_init_warning():  # the weights are loaded on the next line
+            model = open_clip.create_model(name, pretrained=None)
         model.load_state_dict(state)
         return model
     if pretrained not in open_clip.list_pretrained_tags_by_model(name):
@@ -146,8 +152,10 @@ class DegradationCLIP(nn.Module):
         if adapter_activation not in ACTIVATIONS:
             raise ValueError(f'adapter_activation: {adapter_activation!r}; use one of {", ".join(ACTIVATIONS)} '
                              '(gelu: official restoration code; leaky_relu: official fine-tuning notebook).')
+        import open_clip
         self.backbone_name = register_backbone_config(backbone)
         self.backbone = build_backbone(self.backbone_name, pretrained).requires_grad_(False).eval()
+        self.random_backbone = pretrained is None  # until a file with backbone.* weights is loaded
         width = open_clip.get_model_config(self.backbone_name)['embed_dim']
         self.image_adapter = make_adapter(width, adapter_activation)
         self.text_adapter = make_adapter(width, adapter_activation)
@@ -215,4 +223,5 @@ class DegradationCLIP(nn.Module):
             raise ValueError(f'{path!r} does not fit DegradationCLIP({self.backbone_name}): missing keys {missing[:4]}'
                              f'{"..." if len(missing) > 4 else ""}, unexpected keys {unexpected[:4]}'
                              f'{"..." if len(unexpected) > 4 else ""}. Check the backbone option.')
+        self.random_backbone = self.random_backbone and not has_backbone
         return 'adapters and backbone' if has_backbone else 'adapters'

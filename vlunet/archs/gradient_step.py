@@ -61,10 +61,15 @@ class DegradationGuidedGradientStep(nn.Module):
         self.key_logits = nn.Linear(degradation_dim, num_keys)
 
     def key_weights(self, degradation: Optional[torch.Tensor], batch: int) -> torch.Tensor:
-        """(B, num_keys) mixing weights: softmax of the projected d, or equal weights when d is None."""
+        """(B, num_keys) mixing weights: softmax of the projected d, or equal weights when d is None.
+
+        Equal weights are the softmax of all-zero logits, formed as 0 * key_logits(0) so that key_logits
+        still takes part in the graph (with zero gradients): DDP without ``find_unused_parameters``
+        needs every trainable parameter used, also when training without CLIP guidance.
+        """
         if degradation is None:
-            num_keys = self.degradation_keys.shape[1]
-            return self.degradation_keys.new_full((batch, num_keys), 1.0 / num_keys)
+            zeros = self.degradation_keys.new_zeros(batch, self.key_logits.in_features)
+            return (self.key_logits(zeros) * 0).softmax(dim=1)
         return self.key_logits(degradation).softmax(dim=1)
 
     def mixed_key(self, degradation: Optional[torch.Tensor], batch: int, size: tuple) -> torch.Tensor:

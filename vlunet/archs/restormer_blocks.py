@@ -22,6 +22,18 @@ class ChannelLayerNorm(nn.LayerNorm):
         return normalized.permute(0, 3, 1, 2)
 
 
+REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _normalized(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """x (B, C, N) in fp16/bf16 divided by its float32 row norms (B, C): one multiplication in x's dtype.
+
+    The reciprocal is capped at the dtype's largest value, so an all-zero row stays zero.
+    """
+    reciprocal = norm.reciprocal().clamp_max(torch.finfo(x.dtype).max).to(x.dtype)
+    return x * reciprocal.unsqueeze(-1)
+
+
 def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, temperature: torch.Tensor,
                       heads: int) -> torch.Tensor:
     """Attention across channels ("transposed" attention) of Restormer.
@@ -37,18 +49,24 @@ def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
     Written for channels-last maps, where every (C/heads, H*W) head matrix is a strided view that the
     matrix products read directly (no per-head copies), and the output is produced as (B, H*W, C).
-    Instead of normalising the large q and k, the small (C/heads)^2 logits are divided by the outer
-    product of their norms (same value; saves two full-size divisions). Logits and softmax are
-    computed in float32, so the function also runs under bf16/fp16 autocast.
+    In float32, instead of normalising the large q and k, the small (C/heads)^2 logits are divided by
+    the outer product of their norms (same value; saves two full-size divisions). In fp16/bf16 (autocast)
+    q and k are normalised first, as in the official code: q @ k^T sums H*W products and would pass
+    fp16's largest value (65,504) from about 256x256 on. Norms, logits and softmax are float32.
     """
     b, c, h, w = query.shape
     q, k, v = (t.flatten(2) for t in (query, key, value))  # (B, C, H*W)
     # square().sum() reads strided memory ~3x faster than linalg.vector_norm on channels-last maps
     q_norm, k_norm = (t.square().sum(dim=-1, dtype=torch.float32).sqrt().clamp_min(1e-12) for t in (q, k))
+    normalize_first = q.dtype in REDUCED_PRECISION
+    if normalize_first:
+        q, k = _normalized(q, q_norm), _normalized(k, k_norm)
     outputs = []
     for head, (q_head, k_head, v_head, q_head_norm, k_head_norm) in enumerate(zip(
             q.chunk(heads, 1), k.chunk(heads, 1), v.chunk(heads, 1), q_norm.chunk(heads, 1), k_norm.chunk(heads, 1))):
-        cosine = (q_head @ k_head.transpose(1, 2)).float() / (q_head_norm.unsqueeze(2) * k_head_norm.unsqueeze(1))
+        cosine = (q_head @ k_head.transpose(1, 2)).float()
+        if not normalize_first:
+            cosine = cosine / (q_head_norm.unsqueeze(2) * k_head_norm.unsqueeze(1))
         attention = (cosine * temperature[head]).softmax(dim=-1).to(v_head.dtype)
         outputs.append(v_head.transpose(1, 2) @ attention.transpose(1, 2))  # (B, H*W, C/heads)
     out = outputs[0] if heads == 1 else torch.cat(outputs, dim=2)

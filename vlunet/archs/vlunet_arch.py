@@ -11,7 +11,8 @@ The network unrolls 8 non-shared iterations of a proximal gradient method over a
 
 It reproduces the official implementation's computation (``net/Final.py`` of xianggkl/VLU-Net),
 including its quirks: the y branch reuses the x branch's first downsampler (``down1_2``), so
-``unused_degraded_down1_2`` exists (official checkpoints carry it) but never receives gradients;
+``unused_degraded_down1_2`` exists (official checkpoints carry it, and it stays in the state dict)
+but is never used: its parameters are frozen (``requires_grad=False``);
 the D-GDM always has 2 attention heads; key channels are ``C // 10 * stage`` and key sizes
 ``key_size // stage``; decoder level 1 and the refinement run at 2*dim channels without reduction.
 
@@ -20,6 +21,7 @@ Differences from the official code, none of which change the output for its vali
 - any H, W: the input is mirror-padded to a multiple of 8 and the output cropped back;
 - ``degradation=None`` mixes the degradation keys with equal weights (the paper's "w/o CLIP"
   setting, where the official code raises an error);
+- 4-D weights are stored channels-last, like the activations (same values and state-dict keys);
 - parameter names say what things are. Official state dicts are renamed by
   :mod:`vlunet.utils.official_checkpoint` (``prompt_param`` -> ``degradation_keys``, ``r`` ->
   ``step_size``, ``phi``/``phit`` -> ``degradation_operator``/``adjoint_operator``, ``linear`` ->
@@ -34,7 +36,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlunet.archs.gradient_step import DegradationGuidedGradientStep
-from vlunet.archs.padding import pad_to_multiple
+from vlunet.archs.padding import crop_to, pad_to_multiple
 from vlunet.archs.restormer_blocks import Downsample, TransformerBlock, Upsample
 from vlunet.archs.state_dict_mismatch import state_dict_mismatch_message
 
@@ -114,6 +116,9 @@ class VLUNet(nn.Module):
                  degradation_dim: int = 512, key_size: int = 96, gradient_step_heads: int = 2):
         super().__init__()
         _check_config(dim, num_blocks, heads, gradient_step_heads, key_size)
+        if not isinstance(de_dim, int) or isinstance(de_dim, bool) or de_dim < 1:
+            raise ValueError(f'VLUNet de_dim={de_dim!r} must be an integer >= 1: the number of degradation keys '
+                             '(7 for the official all-in-one checkpoints, 5 for the single-task ones)')
         if in_channels != out_channels:
             raise ValueError(f'VLUNet adds the input to the output: in_channels={in_channels} must equal '
                              f'out_channels={out_channels}')
@@ -150,6 +155,21 @@ class VLUNet(nn.Module):
         self.decoder_level1 = stage(dim * 2, num_blocks[0], heads[0], 1)
         self.refinement = stage(dim * 2, num_refinement_blocks, heads[0], 1)
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=False)
+        # The quirk's weights never get a gradient: not trainable (DDP needs every trainable parameter used).
+        self.unused_degraded_down1_2.requires_grad_(False)
+        self._store_weights_channels_last()
+
+    def _store_weights_channels_last(self) -> None:
+        """4-D weights in the activations' channels-last layout: their gradients come out with the same
+        strides, so DDP's gradient buckets (laid out like the parameters) take them without a copy.
+
+        Freshly allocated: ``.contiguous(memory_format=...)`` keeps a depthwise (C, 1, 3, 3) weight's
+        contiguous strides (the layouts differ only in the size-1 dimension), which DDP compares too.
+        """
+        for parameter in self.parameters():
+            if parameter.dim() == 4:
+                parameter.data = torch.empty_like(parameter.data, memory_format=torch.channels_last).copy_(
+                    parameter.data)
 
     def degraded_features(self, image: torch.Tensor) -> DegradedFeatures:
         """The y branch: features of the (padded) input image for every stage; independent of d."""
@@ -192,7 +212,7 @@ class VLUNet(nn.Module):
         decoder1 = self.decoder_level1(torch.cat([self.up2_1(decoder2), level1], dim=1), y.decoder1, degradation)
         refined = self.refinement(decoder1, y.decoder1, degradation)
 
-        return (self.output(refined) + padded)[..., :height, :width].contiguous()
+        return crop_to(self.output(refined) + padded, height, width)
 
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict`` that names mismatched keys and the likely cause (e.g. wrong de_dim)."""

@@ -10,6 +10,7 @@ Options (``datasets.train`` with ``type: MixedDegradationDataset``)::
       - name: derain
         source: {dataroot_lq: .../rainy, dataroot_gt: .../norain}
         repeat: 120
+        captions: datasets/universal/daclip_train.csv   # optional: clean-content captions (DA-CLIP training)
     gt_size: 128                # random crop size (both images)
     use_hflip: true             # BasicSR augment: horizontal flip
     use_rot: true               # BasicSR augment: vertical flip + 90° rotation
@@ -38,24 +39,26 @@ for ``datasets.val*`` / ``test*``) every sample is the *centre* ``gt_size`` crop
 rotations, with fixed degradations: each validation sees exactly the same images.
 
 Sample: ``lq``, ``gt`` (float32 (3, gt_size, gt_size) RGB in [0, 1]), ``lq_path`` (the gt path for
-synthetic samples), ``gt_path``, ``task``, ``task_index``, ``text``.
+synthetic samples), ``gt_path``, ``task``, ``task_index``, ``text``; when any task gives ``captions``
+(:mod:`vlunet.data.daclip_captions`), also ``caption`` (``''`` where the file has none).
 """
 import random
 from typing import Dict, List, Tuple
 
 import numpy as np
 from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import FileClient, img2tensor
+from basicsr.utils import FileClient, get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from vlunet.data.daclip_captions import read_captions
 from vlunet.data.image_io import (SMALL_IMAGE_MODES, centre_crop, check_same_size, fit_to_crop,
                                   optional_crop_to_multiple, read_image)
-from vlunet.data.pair_sources import PairSource, resolve_source
+from vlunet.data.pair_sources import PairSource, resolve_source, source_problems
 from vlunet.data.synthetic_degradations import apply_degradations
 from vlunet.data.task_catalog import KNOWN_TASKS, unknown_task_message
 
-TASK_KEYS = ('name', 'text', 'source', 'repeat', 'weight')
+TASK_KEYS = ('name', 'text', 'source', 'repeat', 'weight', 'captions')
 
 
 def _check_task(key: str, task: object) -> List[str]:
@@ -76,17 +79,22 @@ def _check_task(key: str, task: object) -> List[str]:
     return errors
 
 
-def check_tasks(tasks: object) -> None:
-    """Raise ``ValueError`` listing every problem of the ``tasks`` option (each naming ``tasks[i].key``)."""
+def task_problems(tasks: object) -> List[str]:
+    """Every problem of the ``tasks`` option (each naming ``tasks[i].key``); empty when valid."""
     if not isinstance(tasks, list) or not tasks:
-        raise ValueError('tasks: expected a non-empty list of tasks (name, text, source, repeat or weight).')
+        return ['tasks: expected a non-empty list of tasks (name, text, source, repeat or weight).']
     errors = [e for i, task in enumerate(tasks) for e in _check_task(f'tasks[{i}]', task)]
     weighted = sum(isinstance(t, dict) and 'weight' in t for t in tasks)
     if 0 < weighted < len(tasks):
         errors.append('tasks: either every task gives a weight or none does (then repeat, default 1, applies).')
     names = [t.get('name') for t in tasks if isinstance(t, dict)]
     repeated = sorted({str(n) for n in names if names.count(n) > 1})
-    errors += [f'tasks: task name {n!r} appears more than once.' for n in repeated]
+    return errors + [f'tasks: task name {n!r} appears more than once.' for n in repeated]
+
+
+def check_tasks(tasks: object) -> None:
+    """Raise ``ValueError`` listing every problem of the ``tasks`` option (each naming ``tasks[i].key``)."""
+    errors = task_problems(tasks)
     if errors:
         raise ValueError('\n  '.join(['invalid MixedDegradationDataset options:'] + errors))
 
@@ -128,6 +136,15 @@ class MixedDegradationDataset(data.Dataset):
     """A mixture of restoration tasks for all-in-one training (options in the module docstring)."""
 
     required_options = ('tasks',)
+    known_options = ('gt_size', 'use_hflip', 'use_rot', 'official_augment', 'crop_border_base', 'small_image', 'seed',
+                     'fixed_degradations', 'samples_per_epoch', 'io_backend')
+
+    @staticmethod
+    def check_options(opt: dict) -> List[str]:
+        """Problems of ``tasks`` found without reading images (run by :mod:`vlunet.options` before a run)."""
+        errors = task_problems(opt.get('tasks'))
+        return errors or [e for i, task in enumerate(opt['tasks'])
+                          for e in source_problems(f'tasks[{i}].source', task['name'], task['source'])]
 
     def __init__(self, opt: dict):
         super().__init__()
@@ -137,6 +154,7 @@ class MixedDegradationDataset(data.Dataset):
         self.texts = [task.get('text') or KNOWN_TASKS[task['name']].text for task in self.tasks]
         self.sources: List[PairSource] = [
             resolve_source(f'tasks[{i}].source', task['name'], task['source']) for i, task in enumerate(self.tasks)]
+        self.captions = [read_captions(task['captions']) if task.get('captions') else None for task in self.tasks]
         self.gt_size = int(opt.get('gt_size', 128))
         self.small_image = opt.get('small_image', 'pad')
         if self.small_image not in SMALL_IMAGE_MODES:
@@ -147,6 +165,20 @@ class MixedDegradationDataset(data.Dataset):
         self.composition = epoch_composition(self.tasks, sizes, samples_per_epoch, self.seed)
         self.file_clients: Dict[int, FileClient] = {}
         self.training = opt.get('phase', 'train') == 'train'
+        get_root_logger().info(self._describe_sources())
+
+    def _describe_sources(self) -> str:
+        """Which images each task uses: paired degraded images, or clean images with synthetic degradations."""
+        lines = [f'{type(self).__name__} {self.opt.get("name", "")}: {len(self.tasks)} tasks']
+        for i, (task, source) in enumerate(zip(self.tasks, self.sources)):
+            if source.degradations is None:
+                origin = f'degraded images from dataroot_lq {task["source"]["dataroot_lq"]}'
+            else:
+                kinds = ', '.join(str(spec.get('type')) for spec in source.degradations)
+                origin = (f'synthetic degradations ({kinds}; no dataroot_lq) on clean images from '
+                          f'{task["source"]["dataroot_gt"]}')
+            lines.append(f'  tasks[{i}] {task["name"]}: {len(source.items)} images, {origin}')
+        return '\n'.join(lines)
 
     def __len__(self) -> int:
         return len(self.composition)
@@ -208,6 +240,10 @@ class MixedDegradationDataset(data.Dataset):
             [gt] = self._augment([gt])
             lq = apply_degradations(gt, self._degradation_rng(index, task_index, sample_index), source.degradations)
         lq_tensor, gt_tensor = img2tensor([lq, gt], bgr2rgb=False, float32=True)
-        return {'lq': lq_tensor, 'gt': gt_tensor, 'lq_path': item['lq_path'] or item['gt_path'],
-                'gt_path': item['gt_path'], 'task': self.tasks[task_index]['name'], 'task_index': task_index,
-                'text': self.texts[task_index]}
+        sample = {'lq': lq_tensor, 'gt': gt_tensor, 'lq_path': item['lq_path'] or item['gt_path'],
+                  'gt_path': item['gt_path'], 'task': self.tasks[task_index]['name'], 'task_index': task_index,
+                  'text': self.texts[task_index]}
+        if any(captions is not None for captions in self.captions):
+            captions = self.captions[task_index]
+            sample['caption'] = captions.caption(sample['lq_path']) if captions is not None else ''
+        return sample

@@ -15,6 +15,8 @@ themselves in :class:`BenchmarkPairedDataset`) has these keys:
 - ``gt_name_from_lq``: ``[regex, replacement]`` mapping an lq file stem to its gt stem, for folders
   whose names differ (SOTS ``['^(\\d+)_.*$', '\\1']``, Rain100L ``['^rain-(.*)$', 'norain-\\1']``); the gt
   file is found by stem, with any extension.
+- ``pair_by: sorted_order``: pair the i-th lq with the i-th gt file of the two sorted folder listings
+  (DA-CLIP's ``universal/<split>/<degradation>/{LQ,GT}`` layout, as the original); counts must agree.
 
 Path listing uses BasicSR's ``basicsr.data.data_util`` helpers wherever their pairing rule applies.
 """
@@ -30,7 +32,7 @@ from vlunet.data.synthetic_degradations import check_degradation_spec
 from vlunet.data.task_catalog import KNOWN_TASKS, unknown_task_message
 
 SOURCE_KEYS = ('dataroot_gt', 'dataroot_lq', 'io_backend', 'meta_info_file', 'filename_tmpl', 'gt_name_from_lq',
-               'degradations')
+               'degradations', 'pair_by')
 _EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
 IMAGE_EXTENSIONS = _EXTENSIONS + tuple(ext.upper() for ext in _EXTENSIONS)
 
@@ -55,12 +57,19 @@ def _check_name_mapping(key: str, mapping: object) -> List[str]:
     return []
 
 
-def _check_keys(key: str, name: str, source: dict) -> List[str]:
+def source_problems(key: str, name: str, source: object) -> List[str]:
+    """Problems of a ``source`` other than missing paths (the option checker lists those once per path)."""
+    if not isinstance(source, dict):
+        return [f'{key}: expected a mapping with dataroot_gt (and dataroot_lq or degradations).']
+    return _check_keys(key, name, source, check_paths=False)
+
+
+def _check_keys(key: str, name: str, source: dict, check_paths: bool = True) -> List[str]:
     errors = [f'{key}.{k}: unknown source key; valid keys: {", ".join(SOURCE_KEYS)}.' for k in source
               if k not in SOURCE_KEYS]
     if 'dataroot_gt' not in source:
         errors.append(f'{key}.dataroot_gt: missing (folder or .lmdb of clean images).')
-    for path_key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file'):
+    for path_key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file') if check_paths else ():
         path = source.get(path_key)
         if path is not None and not osp.exists(osp.expanduser(str(path))):
             errors.append(f'{key}.{path_key}: {path!r} does not exist. Fix the path, or prepare the data '
@@ -73,6 +82,8 @@ def _check_keys(key: str, name: str, source: dict) -> List[str]:
     if 'dataroot_lq' not in source and 'degradations' not in source and name not in KNOWN_TASKS:
         errors.append(unknown_task_message(key, name, 'degradations (or a dataroot_lq)'))
     errors += _check_name_mapping(f'{key}.gt_name_from_lq', source.get('gt_name_from_lq'))
+    if source.get('pair_by', 'name') not in ('name', 'sorted_order'):
+        errors.append(f'{key}.pair_by: {source["pair_by"]!r}; use name (default) or sorted_order.')
     for i, spec in enumerate(source.get('degradations') or []):
         errors += check_degradation_spec(f'{key}.degradations[{i}]', spec)
     if 'degradations' in source and not source['degradations']:
@@ -110,6 +121,14 @@ def pairs_by_name_mapping(lq_folder: str, gt_folder: str, pattern: str, replacem
     return items
 
 
+def pairs_by_sorted_order(lq_folder: str, gt_folder: str) -> List[dict]:
+    """The i-th image of each sorted folder listing paired together; ``ValueError`` if the counts differ."""
+    lq, gt = (sorted(scandir(folder, suffix=IMAGE_EXTENSIONS, recursive=True)) for folder in (lq_folder, gt_folder))
+    if len(lq) != len(gt):
+        raise ValueError(f'pair_by sorted_order: {len(lq)} images in {lq_folder!r} but {len(gt)} in {gt_folder!r}.')
+    return [{'lq_path': osp.join(lq_folder, a), 'gt_path': osp.join(gt_folder, b)} for a, b in zip(lq, gt)]
+
+
 def read_pair_list(meta_info_file: str, lq_folder: str, gt_folder: str) -> List[dict]:
     """Pairs from a ``lq_rel,gt_rel`` meta-info file (relative to ``lq_folder`` and ``gt_folder``)."""
     items = []
@@ -141,6 +160,8 @@ def _paired_items(source: dict, backend: str) -> List[dict]:
         if _is_pair_list(meta):
             return read_pair_list(meta, *folders)
         return paired_paths_from_meta_info_file(folders, ['lq', 'gt'], meta, tmpl)
+    if source.get('pair_by') == 'sorted_order':
+        return pairs_by_sorted_order(*folders)
     if source.get('gt_name_from_lq'):
         pattern, replacement = source['gt_name_from_lq']
         return pairs_by_name_mapping(*folders, pattern, replacement)

@@ -22,7 +22,6 @@ from typing import Callable, Tuple
 
 import numpy as np
 from basicsr.utils.registry import METRIC_REGISTRY
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 FLOAT_RGB = 'float_rgb'
 UINT8_BGR = 'uint8_bgr'
@@ -60,6 +59,7 @@ def calculate_psnr_float_rgb(img: np.ndarray, img2: np.ndarray, crop_border: int
     mse = np.mean((img2.astype(np.float64) - img) ** 2)
     if mse == 0:
         return float('inf')
+    from skimage.metrics import peak_signal_noise_ratio  # on use: keeps `import vlunet` light
     return float(peak_signal_noise_ratio(img2, img, data_range=1))
 
 
@@ -68,4 +68,5 @@ def calculate_psnr_float_rgb(img: np.ndarray, img2: np.ndarray, crop_border: int
 def calculate_ssim_float_rgb(img: np.ndarray, img2: np.ndarray, crop_border: int = 0, **kwargs) -> float:
     """SSIM of float RGB images (H, W, 3) in [0, 1]: scikit-image defaults, mean over channels."""
     img, img2 = _clipped_pair(img, img2, crop_border)
+    from skimage.metrics import structural_similarity  # on use: keeps `import vlunet` light
     return float(structural_similarity(img2, img, data_range=1, channel_axis=2))

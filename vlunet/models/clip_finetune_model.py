@@ -20,8 +20,11 @@ into ``degradation_prompts``; see :mod:`vlunet.models.degradation_classification
 alignment, checked on every batch), and optionally ``text`` and ``task``.
 
 Only the adapters (and the loss's temperature, if learnable) are optimised; the backbone is frozen,
-runs under ``no_grad`` and has no optimiser state. Checkpoints ``models/net_clip_<iter>.pth`` hold
-``{'params': adapter weights, 'loss': loss state}`` (the converter's format, so the file is directly
+runs under ``no_grad`` and has no optimiser state. There is no EMA copy of the adapters: a
+``train.ema_decay`` > 0 is rejected before the run (:meth:`CLIPFinetuneModel.check_options`).
+Checkpoints ``models/net_clip_<iter>.pth`` hold
+``{'params': adapter weights, 'loss': loss state, 'scorer': the loss's prompt scorer}`` (the converter's
+format plus how images are scored against prompts, so the file is directly
 ``path.pretrain_network_degradation_encoder`` of a restoration model); BasicSR's resume rewrites
 ``path.pretrain_network_clip`` to that file. Validation logs the zero-shot accuracy (the ``val.metrics``,
 overall and per degradation) and writes ``visualization/<dataset>/similarity_<iter>.png`` and ``.csv``.
@@ -29,7 +32,7 @@ overall and per degradation) and writes ``visualization/<dataset>/similarity_<it
 import copy
 import os.path as osp
 from collections import OrderedDict
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from basicsr.archs import build_network
@@ -42,10 +45,13 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import distributed, nn
 
 from vlunet.losses.degradation_contrastive_loss import DegradationContrastiveLoss
-from vlunet.models.degradation_classification import (Classification, check_labels, classify, format_accuracy_table,
-                                                      parse_prompts, write_heatmap)
-from vlunet.models.vlunet_model import VLUNetModel
+from vlunet.models.degradation_classification import (SCORER_KEY, Classification, check_labels, classify,
+                                                      format_accuracy_table, parse_prompts, scorer_of_loss,
+                                                      write_heatmap)
+from vlunet.models.validation_record import ValidationRecord
+from vlunet.models.vlunet_model import MULTIPLE_VALIDATION_WARNING, VLUNetModel, optimizer_problems
 from vlunet.utils.atomic_write import atomic_torch_save
+from vlunet.utils.console_log import drop_messages
 from vlunet.utils.official_checkpoint import load_official_file
 
 NETWORK_KEY = 'network_clip'
@@ -62,14 +68,30 @@ class CLIPFinetuneModel(BaseModel):
     save_training_state = VLUNetModel.save_training_state  # atomic, optimisers + schedulers only
     grad_scaler = None  # the adapters train in fp32: no GradScaler state to save
 
+    @staticmethod
+    def check_options(opt: dict, is_train: bool) -> List[str]:
+        """Problems of the options (:mod:`vlunet.options` reports them before a run, the model when built)."""
+        train_opt = opt.get('train') or {}
+        if not is_train:
+            return []
+        problems = optimizer_problems(f'train.{OPTIMIZER_KEY}', train_opt.get(OPTIMIZER_KEY))
+        if train_opt.get('ema_decay', 0):
+            problems.append(f'train.ema_decay: {train_opt["ema_decay"]} is not supported by CLIPFinetuneModel (its '
+                            'adapters have no EMA copy); remove the key or set it to 0.')
+        return problems
+
     def __init__(self, opt: dict):
         super().__init__(opt)
+        problems = self.check_options(opt, opt['is_train'])
+        if problems:
+            raise ValueError('\n'.join(problems))
         if not isinstance(opt.get(NETWORK_KEY), dict):
             raise ValueError(f'{NETWORK_KEY}: missing; e.g. {{type: DegradationCLIP, backbone: ViT-B-32, '
                              'pretrained: laion2b_s34b_b79k}.')
         self.prompts = parse_prompts(opt.get('degradation_prompts'))
         self.net_clip = self.model_to_device(build_network(copy.deepcopy(opt[NETWORK_KEY])))
         self.clip = self.get_bare_model(self.net_clip)
+        self.print_network(self.net_clip)  # the structure goes to the log file only (vlunet.compat)
         for method in ('encode_degradation', 'encode_text', 'adapter_state_dict', 'load_checkpoint'):
             if not callable(getattr(self.clip, method, None)):
                 raise TypeError(f'{NETWORK_KEY}.type: {type(self.clip).__name__} has no {method}() (use DegradationCLIP).')
@@ -77,8 +99,14 @@ class CLIPFinetuneModel(BaseModel):
         self.cri_clip = build_loss(copy.deepcopy(train_opt[LOSS_KEY])) if LOSS_KEY in train_opt \
             else DegradationContrastiveLoss()
         self.cri_clip = self.cri_clip.to(self.device)
+        scorer_of_loss(self.cri_clip)  # validation and inference score with it: an unknown loss fails here
         if opt['path'].get(WEIGHTS_KEY):
             self.load_weights(opt['path'][WEIGHTS_KEY])
+        if getattr(self.clip, 'random_backbone', False):
+            get_root_logger().warning(f'{NETWORK_KEY}: the CLIP backbone has random weights (pretrained: ~ and no '
+                                      'backbone weights loaded).')
+        self.validation_record = ValidationRecord(opt)
+        drop_messages(get_root_logger(), MULTIPLE_VALIDATION_WARNING)  # this model validates several sets
         self.initial_state = self._trainable_state() if self._evaluates_before_training() else None
         self.evaluated_before_training = set()
         if self.is_train:
@@ -171,6 +199,7 @@ class CLIPFinetuneModel(BaseModel):
         """``{'params': adapter weights, 'loss': loss state}`` (no backbone), written atomically."""
         label = 'latest' if current_iter == -1 else current_iter
         state = {k: {name: value.cpu() for name, value in v.items()} for k, v in self._trainable_state().items()}
+        state[SCORER_KEY] = scorer_of_loss(self.cri_clip).to_dict()  # what Restorer detects with
         atomic_torch_save(state, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
     def save(self, epoch: int, current_iter: int) -> None:
@@ -187,7 +216,7 @@ class CLIPFinetuneModel(BaseModel):
         batches = (dataloader.collate_fn([dataset[i]]) for i in indices)
         was_training = self.clip.training
         self.clip.eval()
-        result = classify(self.clip, self.cri_clip.prompt_logits, self.prompts, batches, self.device,
+        result = classify(self.clip, scorer_of_loss(self.cri_clip), self.prompts, batches, self.device,
                           description=f'Classify {dataset.opt["name"]}', total=len(indices))
         self.clip.train(was_training)
         if world_size > 1:
@@ -202,6 +231,9 @@ class CLIPFinetuneModel(BaseModel):
     def validation(self, dataloader, current_iter, tb_logger, save_img: bool = False) -> None:
         """Accuracy metrics and the similarity heat-map; first, once per dataset, those of the initial adapters."""
         dataset_name = dataloader.dataset.opt['name']
+        current_iter = self.validation_record.iteration(dataset_name, current_iter)
+        if current_iter is None:
+            return
         if self.initial_state is not None and dataset_name not in self.evaluated_before_training:
             self.evaluated_before_training.add(dataset_name)
             trained = self._trainable_state()
@@ -216,7 +248,7 @@ class CLIPFinetuneModel(BaseModel):
         metric_opts = (self.opt.get('val') or {}).get('metrics') or {}
         data = {'probabilities': classification.probabilities, 'labels': classification.labels}
         self.metric_results = {name: calculate_metric(data, metric_opt) for name, metric_opt in metric_opts.items()}
-        if metric_opts:
+        if metric_opts and self.is_train:
             self._initialize_best_metric_results(dataset_name)
             for name, value in self.metric_results.items():
                 self._update_best_metric_result(dataset_name, name, value, current_iter)
@@ -226,8 +258,9 @@ class CLIPFinetuneModel(BaseModel):
     def _report(self, classification: Classification, dataset_name: str, current_iter, tb_logger) -> None:
         lines = [f'Validation {dataset_name} (iteration {current_iter})']
         for name, value in self.metric_results.items():
-            best = self.best_metric_results[dataset_name][name]
-            lines.append(f'\t # {name}: {value:.4f}\tBest: {best["val"]:.4f} @ {best["iter"]} iter')
+            best = self.best_metric_results[dataset_name][name] if self.is_train else None
+            best_text = f'\tBest: {best["val"]:.4f} @ {best["iter"]} iter' if best else ''
+            lines.append(f'\t # {name}: {value:.4f}{best_text}')
         lines.append(format_accuracy_table(classification, self.prompts))
         folder = osp.join(self.opt['path']['visualization'], dataset_name)
         png_path = osp.join(folder, f'similarity_{current_iter}.png')

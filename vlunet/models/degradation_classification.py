@@ -8,7 +8,19 @@ dataset's ``tasks`` list, or a benchmark set's ``task_index`` option) and is use
 ``degradation_prompts``: both lists must be in the same order, and the sample's ``text`` (its task's
 CLIP description) must equal the prompt at that index. :func:`check_labels` verifies this on every
 batch and names the mismatching task.
+
+**One scorer.** Images are scored against prompts (logits (B, K) whose argmax is the detected
+degradation and whose softmax is the heat-map) by a :class:`PromptScorer`, the one the adapters were
+trained with: ``dot`` (raw dot products, the official release and ``PromptCrossEntropyLoss``) or
+``cosine`` (temperature × cosine similarity, ``DegradationContrastiveLoss`` and
+``MultiPositiveContrastiveLoss``). :func:`scorer_of_loss` gives it for a loss; CLIP fine-tuning
+validates with it and records it in every ``net_clip_<iter>.pth`` under :data:`SCORER_KEY` (next to
+``params``, so BasicSR's loader still reads the file); :func:`read_scorer` gives it back for a weight
+file, so ``vlunet.inference.Restorer`` and ``scripts/inference.py`` detect exactly as validation
+scored. Files that record none (converted official files, ``clip_tuned.pth``, official ``.ckpt``)
+get the official ``dot`` (DA-CLIP files: DA-CLIP's own, see :func:`scorer_of_checkpoint`).
 """
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -17,14 +29,120 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vlunet.losses.daclip_loss import DACLIPLoss
+from vlunet.losses.degradation_contrastive_loss import (CLIP_INITIAL_TEMPERATURE, CLIP_MAX_TEMPERATURE,
+                                                        DegradationContrastiveLoss, MultiPositiveContrastiveLoss,
+                                                        PromptCrossEntropyLoss, cosine_logits)
 from vlunet.metrics.degradation_accuracy_metric import calculate_degradation_accuracy, similarity_matrix
+from vlunet.utils.safe_load import safe_torch_load
 from vlunet.utils.similarity_heatmap import write_similarity_heatmap
 
 # The official fine-tuning prompts (NHRBL) in the official CLIP class order (note: haze 3, rain 4).
 OFFICIAL_PROMPTS = ('image with noise', 'image with many noise', 'image with large amount of noise',
                     'image with haze', 'image with rain', 'image with blur', 'image with low light')
 
-PromptScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, D), (K, D) -> (B, K) logits
+PromptLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, D), (K, D) -> (B, K) logits
+SCORER_KEY = 'scorer'  # in a CLIP weight file: {'name': 'dot' | 'cosine', 'temperature': float}
+SCORER_NAMES = ('dot', 'cosine')
+DACLIP_TEMPERATURE_KEY = 'logit_scale'  # a top-level param of DA-CLIP weight files only (DegradationCLIP: backbone.*)
+
+
+@dataclass(frozen=True)
+class PromptScorer:
+    """Scores image embeddings (B, D) against prompt embeddings (K, D): logits (B, K).
+
+    ``name``: ``dot`` (raw dot products, no normalisation and no temperature: the official release)
+    or ``cosine`` (``temperature`` × cosine similarity). The temperature changes the softmax
+    probabilities, never the best prompt.
+    """
+    name: str = 'dot'
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in SCORER_NAMES:
+            raise ValueError(f'scorer: unknown {self.name!r}; use one of {", ".join(SCORER_NAMES)} (dot: official '
+                             'release / PromptCrossEntropyLoss; cosine: the contrastive losses).')
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f'scorer temperature: expected a positive number, got {self.temperature!r}.')
+
+    def __call__(self, image_embeddings: torch.Tensor, prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        if self.name == 'dot':
+            return PromptCrossEntropyLoss.prompt_logits(image_embeddings, prompt_embeddings)
+        return cosine_logits(image_embeddings, prompt_embeddings, self.temperature)
+
+    def __str__(self) -> str:
+        return self.name if self.name == 'dot' else f'cosine:{self.temperature:g}'
+
+    def to_dict(self) -> Dict[str, object]:
+        """What :data:`SCORER_KEY` of a weight file holds."""
+        return {'name': self.name, 'temperature': float(self.temperature)}
+
+    @classmethod
+    def parse(cls, text: str) -> 'PromptScorer':
+        """``dot``, ``cosine`` (CLIP's initial temperature 1/0.07) or ``cosine:<temperature>``."""
+        name, _, temperature = text.partition(':')
+        if name == 'cosine':
+            try:
+                return cls('cosine', float(temperature) if temperature else CLIP_INITIAL_TEMPERATURE)
+            except ValueError as error:
+                raise ValueError(f'scorer {text!r}: {error} (e.g. cosine:14.3)') from None
+        if temperature:
+            raise ValueError(f'scorer {text!r}: only cosine takes a temperature (cosine:<temperature>).')
+        return cls(name)
+
+
+OFFICIAL_SCORER = PromptScorer('dot')
+
+
+def scorer_of_loss(loss: nn.Module) -> PromptScorer:
+    """The scorer a CLIP fine-tuning loss trains the adapters for (cosine: with its current temperature)."""
+    declared = getattr(loss, 'prompt_scorer', None)  # (name, temperature) of a loss that declares it (DACLIPLoss)
+    if declared is not None:
+        return PromptScorer(*declared)
+    if isinstance(loss, PromptCrossEntropyLoss):
+        return PromptScorer('dot')
+    if isinstance(loss, (DegradationContrastiveLoss, MultiPositiveContrastiveLoss)):
+        return PromptScorer('cosine', float(loss.temperature.detach()))
+    raise ValueError(f'train.clip_opt.type: {type(loss).__name__} has no known prompt scorer; CLIP validation and '
+                     'inference detect degradations with the scorer the adapters were trained with: use '
+                     'PromptCrossEntropyLoss (dot), DegradationContrastiveLoss or MultiPositiveContrastiveLoss '
+                     '(cosine).')
+
+
+def scorer_of_checkpoint(checkpoint: object, path: str = 'the CLIP weights') -> PromptScorer:
+    """The scorer recorded in a loaded CLIP weight file (see the module docstring).
+
+    Our fine-tuning checkpoints saved before the scorer was recorded carry the loss state: a
+    ``log_temperature`` there means a cosine loss (temperature clamped to CLIP's 100). DA-CLIP weights
+    (a top-level ``logit_scale`` among the params) get DA-CLIP's zero-shot scorer (``DACLIPLoss``). No
+    record at all means the official ``dot``.
+    """
+    if not isinstance(checkpoint, dict):
+        return OFFICIAL_SCORER
+    record = checkpoint.get(SCORER_KEY)
+    if record is not None:
+        if not isinstance(record, dict) or not {'name', 'temperature'} <= set(record):
+            raise ValueError(f'{path}: {SCORER_KEY!r} must be {{"name": ..., "temperature": ...}}, got {record!r}.')
+        try:
+            return PromptScorer(record['name'], record['temperature'])
+        except ValueError as error:
+            raise ValueError(f'{path}: {error}') from None
+    log_temperature = (checkpoint.get('loss') or {}).get('log_temperature')
+    if isinstance(log_temperature, torch.Tensor):
+        return PromptScorer('cosine', min(math.exp(float(log_temperature)), CLIP_MAX_TEMPERATURE))
+    if DACLIP_TEMPERATURE_KEY in (checkpoint.get('params') or {}):
+        return PromptScorer(*DACLIPLoss.prompt_scorer)
+    return OFFICIAL_SCORER
+
+
+def read_scorer(path: str) -> PromptScorer:
+    """:func:`scorer_of_checkpoint` of the CLIP weight file ``path`` (tensors are not read, except a temperature)."""
+    checkpoint = safe_torch_load(path, 'degradation-encoder weights', map_location='meta')
+    if isinstance(checkpoint, dict) and SCORER_KEY not in checkpoint and 'log_temperature' in (
+            checkpoint.get('loss') or {}):
+        checkpoint = {'loss': safe_torch_load(path, 'degradation-encoder weights')['loss']}
+    return scorer_of_checkpoint(checkpoint, path)
 
 
 def parse_prompts(value: object) -> List[str]:
@@ -70,7 +188,7 @@ class Classification:
         return rows + [('all', len(self.labels), calculate_degradation_accuracy(self.probabilities, self.labels))]
 
 
-def classify(clip: nn.Module, scorer: PromptScorer, prompts: Sequence[str], batches: Iterable[dict],
+def classify(clip: nn.Module, scorer: PromptLogits, prompts: Sequence[str], batches: Iterable[dict],
              device: torch.device, description: str = 'Classify', total: Optional[int] = None) -> Classification:
     """Score every batch (``lq``, ``task_index``, optional ``text``/``task``) against the prompts, without grad."""
     probabilities, labels, task_names = [], [], {}

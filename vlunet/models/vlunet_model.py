@@ -23,12 +23,16 @@ Beyond SRModel:
   :mod:`vlunet.utils.tiling`; d is computed once from the whole image and passed to every tile),
   BasicSR uint8 metrics and float-RGB metrics (:mod:`vlunet.metrics.restoration_metric`), images
   sharded across ranks with summed metrics in distributed runs, and, when testing, a per-dataset
-  results table ``results/<name>/results.md`` and ``results.csv`` refreshed after every dataset.
+  results table ``results/<name>/results.md`` and ``results.csv`` refreshed after every dataset
+  (logged once, after the last);
+- several validation sets (BasicSR's "only supported by SRModel" warning is dropped), and BasicSR's
+  final validation after the loop labelled ``total_iter`` and skipped when that iteration was already
+  validated (:mod:`vlunet.models.validation_record`).
 """
 from collections import OrderedDict
 from functools import partial
 from os import path as osp
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -42,12 +46,23 @@ from tqdm import tqdm
 
 from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
 from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder
+from vlunet.models.validation_record import ValidationRecord
 from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
+from vlunet.utils.console_log import drop_messages
 from vlunet.utils.precision import autocast, compile_network, make_grad_scaler, parse_amp_options
-from vlunet.utils.results_table import write_results_table
+from vlunet.utils.results_table import format_markdown, write_results_table
 from vlunet.utils.tiling import parse_tile_options, restore
 
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
+MULTIPLE_VALIDATION_WARNING = 'Multiple validation datasets are *only* supported by SRModel.'  # BasicSR's
+
+
+def optimizer_problems(key: str, section: object) -> List[str]:
+    """Problems of an optimizer option (e.g. ``train.optim_g``): a mapping with a supported ``type`` and ``lr``."""
+    if not isinstance(section, dict) or section.get('type') not in OPTIMIZERS:
+        kind = section.get('type') if isinstance(section, dict) else section
+        return [f'{key}.type: {kind!r}; supported optimizers: {", ".join(OPTIMIZERS)} (e.g. {{type: Adam, lr: 1e-4}}).']
+    return [] if 'lr' in section else [f'{key}.lr: missing (the learning rate).']
 
 
 def _float_rgb(image: torch.Tensor) -> np.ndarray:
@@ -58,6 +73,11 @@ def _float_rgb(image: torch.Tensor) -> np.ndarray:
 @MODEL_REGISTRY.register()
 class VLUNetModel(SRModel):
     """SRModel whose ``net_g`` is guided by a frozen degradation encoder (see the module docstring)."""
+
+    @staticmethod
+    def check_options(opt: dict, is_train: bool) -> List[str]:
+        """Problems of the options found before a run (:mod:`vlunet.options`): the optimizer of ``net_g``."""
+        return optimizer_problems('train.optim_g', (opt.get('train') or {}).get('optim_g')) if is_train else []
 
     def __init__(self, opt: dict):
         super().__init__(opt)
@@ -72,6 +92,10 @@ class VLUNetModel(SRModel):
             self.get_bare_model(self.net_g), 'size_multiple', 1)
         self.dataset_results: Dict[str, Dict[str, float]] = OrderedDict()
         self.dataset_image_counts: Dict[str, int] = OrderedDict()
+        self.dataset_protocols: Dict[str, Optional[str]] = {}  # how each test set's inputs were made
+        self.validation_record = ValidationRecord(opt)
+        self.tested_sets = 0
+        drop_messages(get_root_logger(), MULTIPLE_VALIDATION_WARNING)  # this model validates several sets
         self._log_setup()
 
     @master_only
@@ -83,6 +107,9 @@ class VLUNetModel(SRModel):
             count = sum(p.numel() for p in self.degradation_encoder.parameters())
             logger.info(f'Degradation encoder: {type(self.degradation_encoder).__name__} with {count:,d} frozen '
                         'parameters (outside net_g: not optimised, not in EMA or checkpoints).')
+            if getattr(self.degradation_encoder, 'random_backbone', False):
+                logger.warning('degradation_encoder: the CLIP backbone has random weights (pretrained: ~ and no '
+                               f'backbone weights in path.{WEIGHTS_KEY}).')
         logger.info(f'Inference: {self.tile or "whole images"}, padded to a multiple of {self.size_multiple}.')
         if self.amp.enabled:
             logger.info(f'Mixed precision: {self.amp.dtype} autocast' + (', GradScaler' if self.grad_scaler else ''))
@@ -93,6 +120,13 @@ class VLUNetModel(SRModel):
         if optim_type not in OPTIMIZERS:
             raise ValueError(f'train.optim_g.type: unknown optimizer {optim_type!r}; supported: {", ".join(OPTIMIZERS)}.')
         return OPTIMIZERS[optim_type](params, lr=lr, **kwargs)
+
+    def setup_optimizers(self) -> None:
+        """SRModel's, without its warning for each frozen parameter (VLUNet's unused official quirk)."""
+        optim_opt = self.opt['train']['optim_g']
+        params = [p for p in self.net_g.parameters() if p.requires_grad]
+        self.optimizer_g = self.get_optimizer(optim_opt.pop('type'), params, **optim_opt)
+        self.optimizers.append(self.optimizer_g)
 
     def encode_degradation(self, images: torch.Tensor) -> Optional[torch.Tensor]:
         """d (B, D) of ``images`` (B, 3, H, W) in [0, 1] from the frozen encoder, or None without one."""
@@ -127,7 +161,12 @@ class VLUNetModel(SRModel):
         with autocast(self.amp, self.device):
             self.output = self.guided_forward(self.training_forward_net, self.lq)
         self.output = self.output.float()  # losses in fp32 also under autocast
-        losses = self._losses()
+        self.backward_and_step(self._losses())
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def backward_and_step(self, losses: Dict[str, torch.Tensor]) -> None:
+        """Backpropagate the sum of ``losses`` (through the GradScaler under fp16), step, and log them."""
         total = sum(losses.values())
         if self.grad_scaler is None:
             total.backward()
@@ -137,8 +176,6 @@ class VLUNetModel(SRModel):
             self.grad_scaler.step(self.optimizer_g)
             self.grad_scaler.update()
         self.log_dict = self.reduce_loss_dict(losses)
-        if self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
 
     # ------------------------------------------------------------------ inference and validation
 
@@ -171,6 +208,10 @@ class VLUNetModel(SRModel):
         """Evaluate one dataset; in distributed runs rank r takes images r, r + world, ... and sums are reduced."""
         dataset = dataloader.dataset
         dataset_name = dataset.opt['name']
+        current_iter = self.validation_record.iteration(dataset_name, current_iter)
+        if current_iter is None:
+            return
+        self.dataset_protocols[dataset_name] = getattr(dataset, 'protocol', None)
         metric_opts = self.opt['val'].get('metrics') or {}
         rank, world_size = get_dist_info()
         indices = range(rank, len(dataset), world_size)
@@ -193,6 +234,10 @@ class VLUNetModel(SRModel):
             distributed.all_reduce(sums)
         if metric_opts:
             self._record_metrics(dataset_name, sums.cpu(), current_iter, tb_logger)
+        if not self.is_train:
+            self.tested_sets += 1
+            if self.tested_sets >= len(self.opt.get('datasets') or {}) and self.dataset_results:
+                self._log_results_table()
 
     def _record_metrics(self, dataset_name: str, sums: torch.Tensor, current_iter, tb_logger) -> None:
         count = int(sums[-1])
@@ -200,9 +245,10 @@ class VLUNetModel(SRModel):
             get_root_logger().warning(f'Validation {dataset_name}: no image with a ground truth, no metrics.')
             return
         self.metric_results = {name: float(total) / count for name, total in zip(self.opt['val']['metrics'], sums)}
-        self._initialize_best_metric_results(dataset_name)
-        for name, value in self.metric_results.items():
-            self._update_best_metric_result(dataset_name, name, value, current_iter)
+        if self.is_train:  # the best value and its iteration; a test has one value per set
+            self._initialize_best_metric_results(dataset_name)
+            for name, value in self.metric_results.items():
+                self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         self.dataset_results[dataset_name] = dict(self.metric_results)
         self.dataset_image_counts[dataset_name] = count
@@ -211,8 +257,15 @@ class VLUNetModel(SRModel):
 
     @master_only
     def _write_results_table(self) -> None:
+        """Rewrite results.md and results.csv with every set tested so far (kept if the run stops early)."""
+        write_results_table(self.dataset_results, self.dataset_image_counts, self.opt['path']['results_root'],
+                            self.dataset_protocols)
+
+    @master_only
+    def _log_results_table(self) -> None:
+        """Log the table of every test set once, after the last one."""
         folder = self.opt['path']['results_root']
-        table = write_results_table(self.dataset_results, self.dataset_image_counts, folder)
+        table = format_markdown(self.dataset_results, self.dataset_image_counts, self.dataset_protocols)
         get_root_logger().info(f'Results table ({osp.join(folder, "results.md")}, results.csv):\n{table}')
 
     # ------------------------------------------------------------------ saving

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from vlunet.utils.atomic_write import atomic_torch_save
+from vlunet.utils.safe_load import safe_torch_load
 
 # Official -> plugin renames of dotted key segments; the plugin's names say what the tensors are.
 _RENAMED_SEGMENTS: List[Tuple[Tuple[str, ...], Tuple[str, ...]]] = [
@@ -106,23 +107,19 @@ def official_clip_state_dict(degradation_state: Dict[str, torch.Tensor]) -> Dict
     return converted
 
 
-def load_official_file(path: str) -> dict:
-    """``torch.load`` on CPU, without unpickling code where possible.
+def load_official_file(path: str, trusted: bool = False) -> dict:
+    """An official VLU-Net file (or a converted one) on the CPU, unpickled without running code from it.
 
-    Lightning checkpoints may hold objects outside torch's safe allowlist; only then is the file
-    loaded with ``weights_only=False``, with a printed warning.
+    Official Lightning checkpoints, ``clip_tuned.pth`` and DA-CLIP's checkpoint need only the globals
+    allowed by :func:`~vlunet.utils.safe_load.safe_torch_load`; anything else is refused. ``trusted``
+    unpickles fully (runs code from the file): an explicit opt-in for files whose origin you trust.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeCheckpointError: the file holds other globals (named in the message).
+        ValueError: ``path`` is not a PyTorch file.
     """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'official checkpoint not found: {path}')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:  # noqa: BLE001 -- torch.load raises many types on foreign files
-        if 'Unsupported global' not in str(error):
-            raise ValueError(f'{path} is not a PyTorch checkpoint (torch.load failed: {type(error).__name__})') \
-                from error
-    print(f'WARNING: {path} holds objects that weights_only=True refuses; loading it with weights_only=False, '
-          f'which runs pickled code: do this only with files from a source you trust.')
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return safe_torch_load(path, 'official checkpoint', trusted=trusted)
 
 
 def split_official_checkpoint(checkpoint: object, path: str) -> Tuple[Optional[dict], Optional[dict]]:
@@ -149,14 +146,17 @@ class ConvertedFiles:
     clip_has_backbone: bool = False
 
 
-def convert_official_checkpoint(src: str, out_dir: str) -> ConvertedFiles:
+def convert_official_checkpoint(src: str, out_dir: str, trusted: bool = False) -> ConvertedFiles:
     """Convert ``src`` (official ``.ckpt`` or ``clip_tuned.pth``) into BasicSR weight files in ``out_dir``.
+
+    ``trusted``: unpickle ``src`` fully, running any code it holds (see :func:`load_official_file`).
 
     Raises:
         FileNotFoundError: ``src`` does not exist.
+        UnsafeCheckpointError: ``src`` holds globals outside the allow-list (a ``ValueError``).
         ValueError: ``src`` is not an official VLU-Net checkpoint.
     """
-    net_state, clip_state = split_official_checkpoint(load_official_file(src), src)
+    net_state, clip_state = split_official_checkpoint(load_official_file(src, trusted), src)
     stem = osp.splitext(osp.basename(src))[0]
     converted = ConvertedFiles()
     if net_state is not None:

@@ -7,7 +7,7 @@ dataset counts once, whatever its number of images).
 import csv
 import io
 import os.path as osp
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 from vlunet.utils.atomic_write import atomic_write_text
 
@@ -24,11 +24,17 @@ def _rows(results: Mapping[str, Mapping[str, float]], counts: Mapping[str, int])
     return [['Dataset', 'Images'] + metrics] + rows
 
 
-def format_markdown(results: Mapping[str, Mapping[str, float]], counts: Mapping[str, int]) -> str:
-    """A Markdown table of ``results`` ({dataset: {metric: value}}) with image ``counts``."""
+def format_markdown(results: Mapping[str, Mapping[str, float]], counts: Mapping[str, int],
+                    protocols: Optional[Mapping[str, Optional[str]]] = None) -> str:
+    """A Markdown table of ``results`` ({dataset: {metric: value}}) with image ``counts``.
+
+    ``protocols`` ({dataset: how its inputs were made, or None}) adds a "Protocol" line per described
+    dataset below the table (e.g. noise added on the fly and quantised to uint8).
+    """
     header, *rows = _rows(results, counts)
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(header) - 1)) + '|']
-    return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows]) + '\n'
+    notes = [f'Protocol, {name}: {note}.' for name, note in (protocols or {}).items() if note and name in results]
+    return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows] + ([''] + notes if notes else [])) + '\n'
 
 
 def format_csv(results: Mapping[str, Mapping[str, float]], counts: Mapping[str, int]) -> str:
@@ -38,11 +44,15 @@ def format_csv(results: Mapping[str, Mapping[str, float]], counts: Mapping[str, 
     return buffer.getvalue()
 
 
-def write_results_table(results: Dict[str, Dict[str, float]], counts: Dict[str, int], folder: str) -> str:
-    """Write ``results.md`` and ``results.csv`` into ``folder`` (atomically); return the Markdown."""
+def write_results_table(results: Dict[str, Dict[str, float]], counts: Dict[str, int], folder: str,
+                        protocols: Optional[Mapping[str, Optional[str]]] = None) -> str:
+    """Write ``results.md`` (with the ``protocols`` lines) and ``results.csv`` into ``folder`` (atomically).
+
+    Returns the Markdown.
+    """
     if not results:
         raise ValueError('no dataset results to write')
-    markdown = format_markdown(results, counts)
+    markdown = format_markdown(results, counts, protocols)
     atomic_write_text(markdown, osp.join(folder, MARKDOWN_NAME))
     atomic_write_text(format_csv(results, counts), osp.join(folder, CSV_NAME))
     return markdown
