@@ -21,13 +21,19 @@ TINY_CLIP_CONFIG = {
 }
 
 
+def register_clip_config(directory: str, name: str, config: dict) -> str:
+    """Write ``config`` as ``directory/<name>.json``, register it with open_clip and return the path."""
+    import open_clip
+    path = osp.join(directory, f'{name}.json')
+    with open(path, 'w', encoding='utf-8') as f:
+        json.dump(config, f)
+    open_clip.add_model_config(path)
+    return path
+
+
 def register_tiny_clip(directory: str) -> str:
     """Register :data:`TINY_CLIP_NAME` with open_clip (config written to ``directory``)."""
-    import open_clip
-    path = osp.join(directory, f'{TINY_CLIP_NAME}.json')
-    with open(path, 'w', encoding='utf-8') as f:
-        json.dump(TINY_CLIP_CONFIG, f)
-    open_clip.add_model_config(path)
+    register_clip_config(directory, TINY_CLIP_NAME, TINY_CLIP_CONFIG)
     return TINY_CLIP_NAME
 
 

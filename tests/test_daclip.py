@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vlunet  # noqa: F401
-from tests.conftest import REPO_ROOT
+from conftest import REPO_ROOT, TINY_CLIP_CONFIG, register_clip_config
 from vlunet.archs.daclip_arch import DACLIP, daclip_preprocess
 from vlunet.losses.daclip_loss import DACLIPLoss
 from vlunet.utils.daclip_checkpoint import convert_daclip_checkpoint, is_daclip_file, official_to_plugin_state_dict
@@ -21,21 +21,14 @@ from vlunet.utils.safe_load import UnsafeCheckpointError
 
 TINY_DACLIP_NAME = 'vlunet-tiny-daclip'
 TINY_DACLIP_CONFIG = {  # 3 blocks, so that the order of the controls matters
-    'embed_dim': 512,
-    'vision_cfg': {'image_size': 224, 'layers': 3, 'width': 64, 'head_width': 32, 'patch_size': 32},
-    'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 1},
+    **TINY_CLIP_CONFIG, 'vision_cfg': {**TINY_CLIP_CONFIG['vision_cfg'], 'layers': 3},
 }
 MANIFEST = osp.join(osp.dirname(osp.abspath(__file__)), 'data', 'daclip_state_dict.tsv')  # shared/reference copy
 
 
 def register_tiny_daclip(directory: str) -> str:
     """Write and register :data:`TINY_DACLIP_CONFIG`; return its config path."""
-    import open_clip
-    path = osp.join(directory, f'{TINY_DACLIP_NAME}.json')
-    with open(path, 'w', encoding='utf-8') as f:
-        json.dump(TINY_DACLIP_CONFIG, f)
-    open_clip.add_model_config(path)
-    return path
+    return register_clip_config(directory, TINY_DACLIP_NAME, TINY_DACLIP_CONFIG)
 
 
 @pytest.fixture(scope='module')
