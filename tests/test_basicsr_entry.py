@@ -221,3 +221,31 @@ def test_the_wheel_build_puts_the_hook_pth_into_site_packages(tmp_path):
     with open(build_lib / HOOK_PTH, encoding='utf-8') as f:
         assert f.read() == 'import vlunet_basicsr_hook; vlunet_basicsr_hook.install()\n'
     assert (build_lib / 'vlunet_basicsr_hook.py').is_file() and (build_lib / 'vlunet' / 'compat.py').is_file()
+
+
+def test_python_m_basicsr_train_checks_the_options_before_creating_anything(tmp_path):
+    opt = _train_options('entry_checked')
+    opt['network_g'] = {**TINY_VLUNET, 'num_block': [1, 1, 1, 1]}  # misspelt num_blocks
+    _write_yaml(str(tmp_path / 'train.yml'), opt)
+    result = subprocess.run([sys.executable, '-m', 'basicsr.train', '-opt', 'train.yml'], cwd=str(tmp_path), env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "network_g.num_block" in result.stderr and "num_blocks" in result.stderr, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ['train.yml']  # no experiments/, tb_logger/
+
+
+def test_python_m_basicsr_train_refuses_a_locked_experiment(tmp_path):
+    from vlunet.utils.experiment_lock import ExperimentLock, lock_file_path
+    _write_yaml(str(tmp_path / 'train.yml'), _train_options('entry_locked'))
+    for i in range(3):
+        write_image(str(tmp_path / 'data' / 'gt' / f'{i:03d}.png'), smooth_image(10 + i, 20, 20))
+    lock = ExperimentLock(lock_file_path(str(tmp_path / 'experiments'), 'entry_locked'), 'entry_locked')
+    try:
+        result = subprocess.run([sys.executable, '-m', 'basicsr.train', '-opt', 'train.yml'], cwd=str(tmp_path),
+                                env=ENV, capture_output=True, text=True, timeout=600)
+    finally:
+        lock.release()
+    assert result.returncode != 0
+    assert f'PID {os.getpid()}' in result.stderr, result.stderr[-2000:]
+    assert not osp.exists(tmp_path / 'experiments' / 'entry_locked')

@@ -194,8 +194,9 @@ def test_basicsr_load_network_refuses_crafted_network_weights(tmp_path):
     path = crafted(tmp_path / 'net_g.pth', {'params': {}})
     opt = {'name': 'safe', 'model_type': 'VLUNetModel', 'num_gpu': 0, 'is_train': False, 'dist': False,
            'network_g': TINY_VLUNET, 'path': {'pretrain_network_g': path, 'results_root': str(tmp_path)}}
-    with pytest.raises(pickle.UnpicklingError, match='GLOBAL posix.system'):
+    with pytest.raises(pickle.UnpicklingError, match='GLOBAL posix.system') as error:
         MODEL_REGISTRY.get('VLUNetModel')(opt)  # basicsr's load_network: torch's default weights_only=True
+    assert path in str(error.value)  # compat names the file
     assert not osp.exists(f'{path}.marker')
 
 

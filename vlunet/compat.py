@@ -44,6 +44,12 @@ vlunet is only used as a library) or, for the per-process distributed fixes, on 
    basicsr.train``), while ``--auto_resume`` looks under the current directory. When that root is a
    site-packages folder we use the current directory, as vlunet's entry points do; a BasicSR source
    tree stays the root.
+10. BasicSR's own entry points (7) check nothing before creating folders and let two runs train the
+   same experiment. There, as in ``vlunet/train.py``, the options are checked first (with
+   ``--force_yml`` applied; nothing is created when they fail) and a training run holds the
+   experiment lock (``vlunet/utils/experiment_lock.py``) until the process ends.
+11. ``BaseModel.load_network`` relies on torch's default ``weights_only=True``: an unsafe weight file
+   is refused, but the error does not name the file. It now does (``UnsafeCheckpointError``).
 """
 import inspect
 import logging
@@ -168,6 +174,29 @@ def _patch_model_to_device() -> None:
     BaseModel.model_to_device = model_to_device
 
 
+def _patch_load_network() -> None:
+    """11. BasicSR's ``load_network`` refuses unsafe weight files (torch's default ``weights_only=True``)
+    without naming the file; the refusal now names it and what it holds."""
+    import pickle
+
+    from basicsr.models.base_model import BaseModel
+
+    from vlunet.utils.safe_load import UnsafeCheckpointError
+    original = BaseModel.load_network
+
+    def load_network(self, net: torch.nn.Module, load_path: str, strict: bool = True, param_key: str = 'params'):
+        try:
+            return original(self, net, load_path, strict, param_key)
+        except pickle.UnpicklingError as error:
+            refused = str(error).split('GLOBAL ')[-1].split(' ')[0] if 'GLOBAL ' in str(error) else 'unsafe objects'
+            raise UnsafeCheckpointError(
+                f'refused to load the network weights {load_path}: it contains {refused} (GLOBAL {refused}), which '
+                'unpickling would run as code. Weight files need none; re-save the tensors from a trusted copy.') \
+                from error
+
+    BaseModel.load_network = load_network
+
+
 def _patch_console_output() -> None:
     """6. A readable console (:mod:`vlunet.utils.console_log`): the network structure, the option dump and
     the version banner go to the log file only, and the training eta is never negative."""
@@ -184,8 +213,11 @@ def _patch_console_output() -> None:
     BaseModel.print_network = console_log.print_network
 
 
-def _adopt_pipeline_fixes_in_main() -> None:
-    """7. When ``__main__`` is BasicSR's train/test script, give it the fixed ``basicsr.train``/``test`` globals."""
+def _adopt_pipeline_fixes_in_main() -> bool:
+    """7. When ``__main__`` is BasicSR's train/test script, give it the fixed ``basicsr.train``/``test`` globals.
+
+    Returns whether ``__main__`` is BasicSR's script (``python -m basicsr.train``, ``basicsr/train.py``).
+    """
     import basicsr.test
     import basicsr.train
     main = sys.modules.get('__main__')
@@ -199,6 +231,24 @@ def _adopt_pipeline_fixes_in_main() -> None:
             if not name.startswith('__') and name != function:
                 setattr(main, name, value)
         _report_in_log(f'vlunet.compat: {main.__file__} runs as __main__; it uses the fixes of {pipeline.__name__}.')
+        return True
+    return False
+
+
+_held_locks: list = []  # experiment locks of BasicSR's own entry points, held until the process ends
+
+
+def _check_and_lock_for_basicsr_entry(root_path: str, is_train: bool) -> None:
+    """10. BasicSR's own entry points get what ``vlunet/train.py`` does first: the option check and the lock."""
+    from vlunet.entry import check_command_line
+    from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
+    check_command_line(sys.argv, is_train)  # exits with the problems before anything is created
+    if not is_train:
+        return
+    try:
+        _held_locks.append(acquire_training_lock(sys.argv[1:], root_path))
+    except ExperimentLockedError as err:
+        sys.exit(f'error: {err}')
 
 
 def _is_site_packages(folder: str) -> bool:
@@ -218,7 +268,8 @@ def _output_root(root_path: str) -> str:
 
 
 def _patch_parse_options() -> None:
-    """5, 7, 9: BasicSR's ``parse_options`` (first call of both pipelines) fixes argv, ``__main__``, the root."""
+    """5, 7, 9, 10: BasicSR's ``parse_options`` (first call of both pipelines) fixes argv, ``__main__``, the root,
+    and checks the options (and locks the experiment) under BasicSR's own entry points."""
     import basicsr.test
     import basicsr.train
     from basicsr.utils import options
@@ -228,7 +279,8 @@ def _patch_parse_options() -> None:
 
     def parse_options(root_path: str, is_train: bool = True):
         sys.argv = normalize_local_rank_argument(sys.argv)
-        _adopt_pipeline_fixes_in_main()
+        if _adopt_pipeline_fixes_in_main():
+            _check_and_lock_for_basicsr_entry(_output_root(root_path), is_train)
         if _output_root(root_path) != root_path:
             _report_in_log(f'vlunet.compat: outputs go under the current directory {os.getcwd()}, not under '
                            f'{root_path} (site-packages, where basicsr 1.4.2 would put them).')
@@ -285,6 +337,7 @@ def apply() -> None:
     _patch_load_resume_state()
     _patch_init_dist()
     _patch_model_to_device()
+    _patch_load_network()
     _patch_console_output()
     _patch_parse_options()
     _patch_registry()
