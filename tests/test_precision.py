@@ -35,6 +35,21 @@ def test_attention_kernel_is_finite_and_close_at_720(precision):
     assert relative_error(low.float(), expected) < TOLERANCE
 
 
+@pytest.mark.parametrize('precision', sorted(REDUCED))
+def test_attention_kernel_is_close_for_large_activations(precision):
+    # |x| ~ 1000: the squares in the norms (~1e6) pass fp16's largest value; the norms must not be inf.
+    # q = k with a high temperature: each channel attends to itself (inf norms would make it uniform)
+    generator = torch.Generator().manual_seed(0)
+    query = (torch.randn(1, 8, 32, 32, generator=generator) * 1000).contiguous(memory_format=torch.channels_last)
+    key, value = query, torch.randn(1, 8, 32, 32, generator=generator).contiguous(memory_format=torch.channels_last)
+    temperature = torch.tensor([[[10.0]], [[10.0]]])
+    expected = channel_attention(query, key, value, temperature, heads=2)
+    dtype = REDUCED[precision]
+    low = channel_attention(*(t.to(dtype) for t in (query, key, value)), temperature, heads=2)
+    assert torch.isfinite(low).all()
+    assert relative_error(low.float(), expected) < TOLERANCE
+
+
 @pytest.fixture(scope='module')
 def official_size_outputs():
     """The default (official-size) VLUNet, seeded random weights, on a 320x320 image: fp32 and autocast outputs."""

@@ -56,9 +56,11 @@ def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     """
     b, c, h, w = query.shape
     q, k, v = (t.flatten(2) for t in (query, key, value))  # (B, C, H*W)
-    # square().sum() reads strided memory ~3x faster than linalg.vector_norm on channels-last maps
-    q_norm, k_norm = (t.square().sum(dim=-1, dtype=torch.float32).sqrt().clamp_min(1e-12) for t in (q, k))
     normalize_first = q.dtype in REDUCED_PRECISION
+    if normalize_first:  # fp16 squares overflow from |x| > 255: vector_norm accumulates in float32
+        q_norm, k_norm = (torch.linalg.vector_norm(t, dim=-1, dtype=torch.float32).clamp_min(1e-12) for t in (q, k))
+    else:  # square().sum() reads strided memory ~3x faster than linalg.vector_norm on channels-last maps
+        q_norm, k_norm = (t.square().sum(dim=-1, dtype=torch.float32).sqrt().clamp_min(1e-12) for t in (q, k))
     if normalize_first:
         q, k = _normalized(q, q_norm), _normalized(k, k_norm)
     outputs = []
