@@ -139,27 +139,37 @@ class CLIPFinetuneModel(BaseModel):
 
     # ------------------------------------------------------------------ training
 
+    loss_example, optimizer_example = 'MultiPositiveContrastiveLoss', 'Adam'  # for the missing-section messages
+
+    def optimizer_groups(self, weight_decay: float) -> List[dict]:
+        """Parameter groups: the adapters (``weight_decay``), and the loss's temperature without decay."""
+        groups = [{'params': [p for p in self.clip.parameters() if p.requires_grad], 'weight_decay': weight_decay}]
+        loss_params = [p for p in self.cri_clip.parameters() if p.requires_grad]
+        if loss_params:  # the temperature: no weight decay (as CLIP's logit scale)
+            groups.append({'params': loss_params, 'weight_decay': 0.0})
+        return groups
+
+    def training_summary(self, trainable: int, frozen: int) -> str:
+        """The line logged when training starts."""
+        return (f'CLIP fine-tuning: {trainable:,d} trainable parameters (adapters + loss), {frozen:,d} frozen backbone '
+                f'parameters; {len(self.prompts)} degradation prompts; loss {type(self.cri_clip).__name__}.')
+
     def init_training_settings(self) -> None:
         train_opt = self.opt['train']
-        for key, example in ((LOSS_KEY, 'MultiPositiveContrastiveLoss'), (OPTIMIZER_KEY, 'Adam')):
+        for key, example in ((LOSS_KEY, self.loss_example), (OPTIMIZER_KEY, self.optimizer_example)):
             if not isinstance(train_opt.get(key), dict):
                 raise ValueError(f'train.{key}: missing; e.g. {{type: {example}}}.')
         self.net_clip.train()
         optim_opt = copy.deepcopy(train_opt[OPTIMIZER_KEY])
         optim_type, lr = optim_opt.pop('type'), optim_opt.pop('lr')
-        groups = [{'params': [p for p in self.clip.parameters() if p.requires_grad]}]
-        loss_params = [p for p in self.cri_clip.parameters() if p.requires_grad]
-        if loss_params:  # the temperature: no weight decay (as CLIP's logit scale)
-            groups.append({'params': loss_params, 'weight_decay': 0.0})
+        groups = self.optimizer_groups(optim_opt.pop('weight_decay', 0.0))
         self.optimizer_clip = self.get_optimizer(optim_type, groups, lr, **optim_opt)
         self.optimizers.append(self.optimizer_clip)
         if 'scheduler' in train_opt:
             self.setup_schedulers()
-        count = sum(p.numel() for group in groups for p in group['params'])
+        trainable = sum(p.numel() for group in groups for p in group['params'])
         frozen = sum(p.numel() for p in self.clip.parameters() if not p.requires_grad)
-        get_root_logger().info(f'CLIP fine-tuning: {count:,d} trainable parameters (adapters + loss), {frozen:,d} '
-                               f'frozen backbone parameters; {len(self.prompts)} degradation prompts; '
-                               f'loss {type(self.cri_clip).__name__}.')
+        get_root_logger().info(self.training_summary(trainable, frozen))
 
     def feed_data(self, data: dict) -> None:
         """Take ``lq`` and the labels ``task_index``; check them against the prompts."""

@@ -36,7 +36,6 @@ logit_scale}`` (no backbone), loadable by ``DACLIP.load_weights`` and as a resto
 degradation embedding against the names (:meth:`DACLIPLoss.prompt_logits`), accuracy per degradation
 and overall, similarity heat-map, before training (iteration 0) and at every validation.
 """
-import copy
 import math
 from collections import OrderedDict
 from typing import Dict, List, Tuple
@@ -46,7 +45,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
-from vlunet.models.clip_finetune_model import LOSS_KEY, OPTIMIZER_KEY, CLIPFinetuneModel
+from vlunet.models.clip_finetune_model import CLIPFinetuneModel
 from vlunet.utils.precision import autocast, make_grad_scaler, parse_amp_options
 from vlunet.utils.safe_load import safe_torch_load
 
@@ -106,27 +105,21 @@ class DACLIPModel(CLIPFinetuneModel):
         loaded = self.clip.load_checkpoint(safe_torch_load(path, 'DA-CLIP checkpoint'), path)
         get_root_logger().info(f'Loaded the DA-CLIP {loaded} from {path}.')
 
-    def init_training_settings(self) -> None:
-        train_opt = self.opt['train']
-        for key, example in ((LOSS_KEY, 'DACLIPLoss'), (OPTIMIZER_KEY, 'AdamW')):
-            if not isinstance(train_opt.get(key), dict):
-                raise ValueError(f'train.{key}: missing; e.g. {{type: {example}}}.')
-        self.net_clip.train()
-        optim_opt = copy.deepcopy(train_opt[OPTIMIZER_KEY])
-        optim_type, lr = optim_opt.pop('type'), optim_opt.pop('lr')
+    loss_example, optimizer_example = 'DACLIPLoss', 'AdamW'
+
+    def optimizer_groups(self, weight_decay: float) -> list:
+        """open_clip's groups: no weight decay on norms, biases, 1-d tensors and the temperature."""
         no_decay, decay = split_weight_decay(self.clip.named_parameters())
-        groups = [{'params': no_decay, 'weight_decay': 0.0},
-                  {'params': decay, 'weight_decay': optim_opt.pop('weight_decay', 0.0)}]
-        self.optimizer_clip = self.get_optimizer(optim_type, groups, lr, **optim_opt)
-        self.optimizers.append(self.optimizer_clip)
+        return [{'params': no_decay, 'weight_decay': 0.0}, {'params': decay, 'weight_decay': weight_decay}]
+
+    def training_summary(self, trainable: int, frozen: int) -> str:
+        return (f'DA-CLIP training: {trainable:,d} trainable parameters (controller, zero linears, temperature), '
+                f'{frozen:,d} frozen CLIP parameters; {len(self.prompts)} degradation names; '
+                f'loss {type(self.cri_clip).__name__}.')
+
+    def init_training_settings(self) -> None:
         self.grad_scaler = make_grad_scaler(self.amp, self.device)
-        if 'scheduler' in train_opt:
-            self.setup_schedulers()
-        trainable = sum(p.numel() for group in groups for p in group['params'])
-        frozen = sum(p.numel() for p in self.clip.parameters() if not p.requires_grad)
-        get_root_logger().info(f'DA-CLIP training: {trainable:,d} trainable parameters (controller, zero linears, '
-                               f'temperature), {frozen:,d} frozen CLIP parameters; {len(self.prompts)} degradation '
-                               f'names; loss {type(self.cri_clip).__name__}.')
+        super().init_training_settings()
 
     def setup_schedulers(self) -> None:
         """BasicSR's schedulers, plus :attr:`extra_schedulers` (their ``total_iter`` defaults to ``train.total_iter``)."""
