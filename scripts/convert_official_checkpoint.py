@@ -6,7 +6,7 @@ SRC is an official Lightning ``.ckpt`` (e.g. ``5task_vlunet.ckpt``) or the offic
 Writes ``OUT_DIR/<stem>_net.pth`` (for ``network_g: {type: VLUNet, de_dim: <printed>}``) and, when SRC
 carries CLIP weights, ``OUT_DIR/<stem>_clip.pth`` (for ``path.pretrain_network_degradation_encoder``).
 DA-CLIP's restoration network ``universal-ir.pth`` gives ``OUT_DIR/universal-ir_net.pth`` (for
-``network_g: {type: ConditionalUNet}``; :mod:`vlunet.utils.irsde_checkpoint`).
+``network_g: {type: ConditionalUNet}``; :mod:`vlunet.utils.daclip.irsde_checkpoint`).
 
 SRC is unpickled without running code from it: a file holding anything but tensors, plain containers
 and the few objects official files need is refused, naming them. ``--trust-file`` unpickles SRC fully,
@@ -22,8 +22,8 @@ import os
 import sys
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from vlunet.utils.daclip_checkpoint import convert_daclip_checkpoint, is_daclip_file
-from vlunet.utils.irsde_checkpoint import convert_irsde_checkpoint, is_irsde_unet_file
+from vlunet.utils.daclip.daclip_checkpoint import convert_daclip_checkpoint, is_daclip_file
+from vlunet.utils.daclip.irsde_checkpoint import convert_irsde_checkpoint, is_irsde_unet_file
 from vlunet.utils.official_checkpoint import convert_official_checkpoint
 from vlunet.utils.official_release import missing_file_message, verify_official_file
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
 
 def _convert_irsde(src: str, out_dir: str, trusted: bool) -> int:
-    """DA-CLIP's released restoration network (universal-ir.pth): vlunet.utils.irsde_checkpoint."""
+    """DA-CLIP's released restoration network (universal-ir.pth): vlunet.utils.daclip.irsde_checkpoint."""
     try:
         written = convert_irsde_checkpoint(src, out_dir, trusted=trusted)
     except (FileNotFoundError, ValueError) as error:
@@ -78,7 +78,7 @@ def _convert_irsde(src: str, out_dir: str, trusted: bool) -> int:
 
 
 def _convert_daclip(src: str, out_dir: str, trusted: bool) -> int:
-    """DA-CLIP's released encoder (daclip_ViT-B-32.pt): vlunet.utils.daclip_checkpoint."""
+    """DA-CLIP's released encoder (daclip_ViT-B-32.pt): vlunet.utils.daclip.daclip_checkpoint."""
     from vlunet.utils.safe_load import UnsafeCheckpointError
     try:
         path = convert_daclip_checkpoint(src, out_dir, trusted=trusted)

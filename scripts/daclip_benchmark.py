@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import vlunet  # noqa: F401,E402
-from vlunet.archs.daclip_arch import DACLIP  # noqa: E402
+from vlunet.archs.daclip.daclip_arch import DACLIP  # noqa: E402
 
 
 def original_clip_transform(images: torch.Tensor) -> torch.Tensor:

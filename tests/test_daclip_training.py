@@ -94,7 +94,7 @@ def test_training_lowers_the_loss_and_reports_accuracy_and_heatmaps(trained):
 
 
 def test_checkpoint_and_state_hold_only_the_trainable_parts(trained):
-    from vlunet.archs.daclip_arch import DACLIP
+    from vlunet.archs.daclip.daclip_arch import DACLIP
     model = DACLIP(backbone=str(trained / f'{TINY_DACLIP_NAME}.json'))
     checkpoint = torch.load(trained / 'experiments/daclip_tiny/models/net_clip_12.pth', weights_only=True)
     assert set(checkpoint['params']) == set(model.trainable_state_dict())

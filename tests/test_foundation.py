@@ -43,7 +43,9 @@ def test_every_plugin_file_is_imported_and_its_classes_resolve():
     entries = _plugin_entries()
     for subpackage, suffix in SUBPACKAGES.items():
         folder = osp.join(REPO_ROOT, 'vlunet', subpackage)
-        expected = sorted(f'vlunet.{subpackage}.{f[:-3]}' for f in os.listdir(folder) if f.endswith(suffix))
+        expected = sorted(
+            f'vlunet.{subpackage}.' + osp.relpath(osp.join(root, f), folder)[:-3].replace(osp.sep, '.')
+            for root, _, files in os.walk(folder) for f in files if f.endswith(suffix))
         assert importlib.import_module(f'vlunet.{subpackage}').MODULES == expected
         for module in expected:
             assert module in sys.modules
@@ -86,10 +88,21 @@ def test_adding_a_file_is_enough_to_register(tmp_path, monkeypatch):
             pass
     '''))
     (package / 'helpers.py').write_text('raise RuntimeError("not a registered file, must not be imported")')
+    (package / 'system').mkdir()
+    (package / 'system' / '__init__.py').write_text('')
+    (package / 'system' / 'nested_thing_arch.py').write_text(textwrap.dedent('''
+        import torch
+        from basicsr.utils.registry import ARCH_REGISTRY
+
+        @ARCH_REGISTRY.register()
+        class FoundationTestNestedThing(torch.nn.Identity):
+            pass
+    '''))
     monkeypatch.syspath_prepend(str(tmp_path))
     names = import_modules_by_suffix('my_plugin_archs', str(package / '__init__.py'), '_arch.py')
-    assert names == ['my_plugin_archs.tiny_thing_arch']
+    assert names == ['my_plugin_archs.system.nested_thing_arch', 'my_plugin_archs.tiny_thing_arch']
     assert ARCH_REGISTRY.get('FoundationTestTinyThing').__name__ == 'FoundationTestTinyThing'
+    assert ARCH_REGISTRY.get('FoundationTestNestedThing').__module__ == 'my_plugin_archs.system.nested_thing_arch'
     import_modules_by_suffix('my_plugin_archs', str(package / '__init__.py'), '_arch.py')  # no AssertionError
 
 

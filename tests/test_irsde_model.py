@@ -16,7 +16,7 @@ from context_encoder_stub import StubDAClipEncoder
 
 import vlunet  # noqa: F401
 from basicsr.utils.registry import MODEL_REGISTRY
-from vlunet.archs.irsde_unet_arch import ConditionalUNet
+from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 
 TINY_UNET = {'type': 'ConditionalUNet', 'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16}
 ENCODER = {'type': 'StubDAClipEncoder', 'dim': 16}

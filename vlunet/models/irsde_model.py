@@ -1,7 +1,7 @@
 """IR-SDE restoration guided by DA-CLIP (DA-CLIP's universal image restoration) as a BasicSR model.
 
 ``net_g`` is a noise-prediction network called as ``net_g(xt, lq, t, text_context=d, image_context=c)``
-(:class:`~vlunet.archs.irsde_unet_arch.ConditionalUNet`); the SDE is :class:`~vlunet.utils.irsde.IRSDE`.
+(:class:`~vlunet.archs.daclip.irsde_unet_arch.ConditionalUNet`); the SDE is :class:`~vlunet.utils.daclip.irsde.IRSDE`.
 Option file (besides BasicSR's)::
 
     degradation_encoder: {type: DACLIP, backbone: ViT-B-32}   # any module with encode(images) -> (content, degradation)
@@ -40,7 +40,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
 from vlunet.models.vlunet_model import VLUNetModel
-from vlunet.utils.irsde import IRSDE, SAMPLING_MODES
+from vlunet.utils.daclip.irsde import IRSDE, SAMPLING_MODES
 from vlunet.utils.precision import autocast
 
 SDE_KEYS = ('max_sigma', 'T', 'schedule', 'eps')

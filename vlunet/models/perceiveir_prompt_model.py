@@ -71,7 +71,7 @@ def quality_labels(batch: int, device: torch.device) -> torch.Tensor:
 
 @MODEL_REGISTRY.register()
 class QualityPromptModel(BaseModel):
-    """Trains :class:`vlunet.archs.perceiveir_prompts_arch.QualityPrompts` with Eq. 1 (see the module docstring)."""
+    """Trains :class:`vlunet.archs.perceiveir.perceiveir_prompts_arch.QualityPrompts` with Eq. 1 (see the module docstring)."""
 
     get_optimizer = VLUNetModel.get_optimizer  # Adam, AdamW, SGD
     save_training_state = VLUNetModel.save_training_state  # atomic, optimisers + schedulers only

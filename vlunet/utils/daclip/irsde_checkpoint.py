@@ -1,7 +1,7 @@
 """Converting DA-CLIP's released restoration network (``universal-ir.pth``) into a BasicSR weight file.
 
 The release saves ``ConditionalUNet.state_dict()`` as a bare ``OrderedDict`` (224 tensors,
-48,975,747 parameters for ``universal-ir.pth``). :class:`~vlunet.archs.irsde_unet_arch.ConditionalUNet`
+48,975,747 parameters for ``universal-ir.pth``). :class:`~vlunet.archs.daclip.irsde_unet_arch.ConditionalUNet`
 uses the release's parameter names, so the conversion renames nothing: it strips the prefixes of
 wrapped copies (``module.`` of DDP, ``ema_model.`` of an ema_pytorch ``EMA`` state dict, whose
 ``initted``/``step`` counters are dropped), infers the constructor arguments from the shapes, checks
@@ -77,7 +77,7 @@ def network_config(state: Dict[str, torch.Tensor]) -> dict:
 
 def check_fits(state: Dict[str, torch.Tensor], config: dict, path: str) -> None:
     """Raise ValueError unless ``state`` loads strictly into ``ConditionalUNet(**config)`` (built without memory)."""
-    from vlunet.archs.irsde_unet_arch import ConditionalUNet
+    from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
     with torch.device('meta'):
         expected = ConditionalUNet(**{k: v for k, v in config.items() if k != 'type'}).state_dict()
     problems = [f'missing {key}' for key in expected if key not in state]

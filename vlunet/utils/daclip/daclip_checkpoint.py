@@ -5,7 +5,7 @@ The official file (DA-CLIP release, an open_clip *training* checkpoint, 1.74 GB)
 prefix (absent in single-process runs: both are accepted; a bare state dict is accepted too) and its
 pickle holds a numpy float64 scalar, which :func:`~vlunet.utils.safe_load.safe_torch_load` allow-lists
 (nothing else beyond tensors and containers is accepted). Official -> plugin key names
-(:class:`~vlunet.archs.daclip_arch.DACLIP`), 631 official entries -> 479 plugin tensors:
+(:class:`~vlunet.archs.daclip.daclip_arch.DACLIP`), 631 official entries -> 479 plugin tensors:
 
 =====================================================  ===============================================
 official                                               plugin

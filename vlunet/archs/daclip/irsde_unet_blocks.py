@@ -1,4 +1,4 @@
-"""Building blocks of IR-SDE's conditional U-Net (:mod:`vlunet.archs.irsde_unet_arch`).
+"""Building blocks of IR-SDE's conditional U-Net (:mod:`vlunet.archs.daclip.irsde_unet_arch`).
 
 Each block computes what the DA-CLIP release's block of the same role computes (``module_util.py``
 and ``attention.py`` of ``universal-image-restoration``), and its parameters carry the release's

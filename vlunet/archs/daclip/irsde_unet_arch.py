@@ -2,12 +2,12 @@
 
 ``net(xt, cond, time, text_context=None, image_context=None)`` predicts the noise of the SDE state
 ``xt`` (B, 3, H, W) given the low-quality image ``cond`` = μ (B, 3, H, W) at diffusion step ``time``;
-the sampler lives in :mod:`vlunet.utils.irsde`. The released DA-CLIP configuration (the defaults:
+the sampler lives in :mod:`vlunet.utils.daclip.irsde`. The released DA-CLIP configuration (the defaults:
 ``nf 64, ch_mult [1, 2, 4, 8], context_dim 512``, both contexts on) has 48,975,747 parameters; with
 ``use_degra_context`` and ``use_image_context`` false (or ``context_dim <= 0``) it is plain IR-SDE's
 network, 36,236,419 parameters.
 
-Data flow (blocks in :mod:`vlunet.archs.irsde_unet_blocks`):
+Data flow (blocks in :mod:`vlunet.archs.daclip.irsde_unet_blocks`):
 
 - input ``[xt − cond, cond]`` (6 channels), mirror-padded at the bottom/right to a multiple of
   2^len(ch_mult) (16) and cropped back at the end; a 7×7 conv gives x₀ (kept for the last skip);
@@ -34,7 +34,7 @@ Differences from the release, none of which changes an output the release comput
 - attention through ``F.scaled_dot_product_attention``, no gradient checkpointing.
 
 Parameter names are the release's: a released ``universal-ir.pth`` loads as it is
-(:mod:`vlunet.utils.irsde_checkpoint` only wraps it as ``{'params': state_dict}``).
+(:mod:`vlunet.utils.daclip.irsde_checkpoint` only wraps it as ``{'params': state_dict}``).
 """
 import numbers
 from typing import Optional, Sequence, Union
@@ -43,7 +43,7 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from vlunet.archs.irsde_unet_blocks import (LinearAttention, PreNorm, Residual, SinusoidalTimeEmbedding,
+from vlunet.archs.daclip.irsde_unet_blocks import (LinearAttention, PreNorm, Residual, SinusoidalTimeEmbedding,
                                             SpatialTransformer, TimeConditionedResBlock, conv, downsample, upsample)
 from vlunet.archs.padding import pad_to_multiple
 

@@ -1,0 +1,1 @@
+"""DA-CLIP helpers: official checkpoint conversion and the IR-SDE schedule/sampler."""
