@@ -64,8 +64,10 @@ setup(
         'tensorboard',   # logger.use_tb_logger: true
     ],
     extras_require={
-        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime'],  # the export tests run the ONNX path too
+        # the export tests run the ONNX path too; the metric packages are small (54 KB + 86 KB wheels)
+        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity'],
         'export': ['onnx', 'onnxscript', 'onnxruntime'],  # ONNX export (vlunet/utils/export.py, scripts/export.py)
+        'metrics': ['lpips', 'torch-fidelity'],  # calculate_lpips, calculate_fid (vlunet/metrics)
     },
     entry_points={
         'console_scripts': [

@@ -6,17 +6,27 @@ Usage::
     python scripts/inference.py photos/ -opt options/test_official_5task.yml -o results/inference
     # or from flags (de_dim is read from the weights)
     python scripts/inference.py photo.jpg --net-weights experiments/pretrained_models/5task_vlunet_net.pth \\
-        --clip-weights experiments/pretrained_models/5task_vlunet_clip.pth --device cuda --half \\
-        --tile 512 --tile-overlap 32
+        --clip-weights experiments/pretrained_models/5task_vlunet_clip.pth --device cuda --half
+    # memory: --tile auto (default: whole images when they fit, else the largest tiles that fit),
+    # --max-memory 4GB (budget; default: free GPU memory / available RAM), --tile 512 / --tile whole
+    # DA-CLIP IR-SDE (ConditionalUNet): 100 sampling steps (--steps), reproducible noise (--seed)
+    python scripts/inference.py photo.jpg -opt options/daclip/test_universal_ir_released.yml --steps 100 --seed 0 \
+        --tile auto
 
 Folders are searched recursively; outputs are 8-bit PNGs ``<output>/<relative path>/<stem><suffix>.png``
 written atomically. Each image's detected degradation (the prompt whose CLIP text embedding best
 matches its image embedding, ``--prompts`` or the seven official texts, scored as the adapters were
-trained: ``--scorer``) is printed. Unreadable or unsupported files, images with NaN/Inf values, symbolic
-link loops and images that run out of memory (the message suggests ``--tile``) are reported and
-skipped; the summary lists them and the exit status is 1 when any image failed (2 when there was
-nothing to restore or the output folder cannot be written, checked before any work). Ctrl-C stops
-with one line and exit status 130; the images finished so far are kept (each file is complete).
+trained: ``--scorer``; DA-CLIP encoders: the best of its 10 degradation names) is printed. IR-SDE
+networks restore by sampling: the DA-CLIP contexts are encoded once per image, each step's network
+runs whole or in the tiles ``--tile`` plans (one plan per image, one whole-image noise field).
+Images are restored whole when they fit in the memory budget, else in the largest tiles that fit (each
+image's plan is printed; the progress bar's time left covers the whole run). Unreadable or unsupported
+files, images with NaN/Inf values, symbolic link loops, images too large for the memory budget (found
+before any work) and images that run out of memory anyway (the message suggests a smaller
+``--max-memory``) are reported and skipped; the summary lists them and
+the exit status is 1 when any image failed (2 when there was nothing to restore or the output folder
+cannot be written, checked before any work). Ctrl-C stops with one line and exit status 130; the
+images finished so far are kept (each file is complete).
 """
 import argparse
 import errno
@@ -28,15 +38,19 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import vlunet  # noqa: F401,E402  (BasicSR compatibility fixes first)
+from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS  # noqa: E402
 from vlunet.inference import DEFAULT_ENCODER, Restorer, load_image, save_image  # noqa: E402
 from vlunet.models.degradation_classification import PromptScorer  # noqa: E402
 from vlunet.options import OptionError  # noqa: E402
+from vlunet.utils.memory_model import parse_memory_size  # noqa: E402
+from vlunet.utils.tiling import AUTO  # noqa: E402
 
 
 SUPPORTED = ' '.join(extension for extension in IMAGE_EXTENSIONS if extension.islower())
+WHOLE = 'whole'
 
 
 class Job(NamedTuple):
@@ -61,9 +75,41 @@ def _pixels(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f'{text!r} is not a whole number of pixels') from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f'{value} is not allowed: it must be at least {minimum}' + (
-                ' (leave --tile out to restore whole images)' if minimum > 0 else ''))
+                ' (--tile whole restores whole images)' if minimum > 0 else ''))
         return value
     return parse
+
+
+def _tile_size(text: str):
+    """--tile: ``auto``, ``whole`` or a size in pixels."""
+    if text in (AUTO, WHOLE) or text.lstrip('-').isdigit():
+        return text if text in (AUTO, WHOLE) else _pixels(1)(text)
+    raise argparse.ArgumentTypeError(f'{text!r} is not auto, whole or a whole number of pixels')
+
+
+def _count(text: str) -> int:
+    """An argparse type: a positive whole number."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{value} is not allowed: it must be at least 1')
+    return value
+
+
+def _tile_batch(text: str):
+    """--tile-batch: ``auto`` or a number of tiles."""
+    if text == AUTO or (text.isdigit() and int(text) >= 1):
+        return text if text == AUTO else int(text)
+    raise argparse.ArgumentTypeError(f'{text!r} is not auto or a number of tiles >= 1')
+
+
+def _memory_size(text: str) -> int:
+    try:
+        return parse_memory_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a positive size like 2GB, 1.5GiB or 512MB') from None
 
 
 def _scorer(text: str) -> PromptScorer:
@@ -92,16 +138,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                   'backbone comes from --clip-weights when it holds one)')
     parser.add_argument('--no-clip', action='store_true', help='run the network without CLIP guidance')
     parser.add_argument('--device', help='cpu, cuda, cuda:N or auto (default: auto, or cpu for num_gpu: 0)')
-    parser.add_argument('--tile', type=_pixels(1), help='tile size in pixels, e.g. 256 (default: whole images)')
+    parser.add_argument('--tile', type=_tile_size,
+                        help='auto (whole images when they fit in memory, else the largest tiles that fit), whole, '
+                             'or a tile size in pixels, e.g. 512 (default: auto, or the tile of -opt)')
     parser.add_argument('--tile-overlap', type=_pixels(0), default=32, help='tile overlap in pixels (default 32)')
+    parser.add_argument('--max-memory', type=_memory_size,
+                        help='memory budget of --tile auto, e.g. 4GB or 3.5GiB (default: 85%% of the free GPU memory '
+                             'or of the available RAM)')
+    parser.add_argument('--tile-batch', type=_tile_batch,
+                        help='most tiles per forward, or auto: as many as fit in memory (default 1)')
     parser.add_argument('--half', action='store_true', help='float16 autocast on CUDA')
     parser.add_argument('--prompts', nargs='+', metavar='TEXT',
                         help='degradation texts to detect, one argument each (quote texts with spaces; put the '
-                             'option after the inputs); default: the 7 official ones')
+                             'option after the inputs); default: the 7 official ones, DA-CLIP\'s 10 names for a '
+                             'DACLIP encoder')
     parser.add_argument('--scorer', type=_scorer,
                         help='how images are scored against the prompts: dot (official), cosine or '
                              'cosine:<temperature> (default: as recorded in the CLIP weights, i.e. as the adapters '
                              'were trained; dot for official files)')
+    parser.add_argument('--steps', type=_count,
+                        help='IR-SDE networks: sampling steps (default: sde.T of -opt, 100 = the paper; fewer are '
+                             'faster and approximate)')
+    parser.add_argument('--seed', type=int, help='IR-SDE networks: noise seed of every image (default: sde.seed, 0)')
     args = parser.parse_args(argv)
     if not args.opt and not args.net_weights:
         parser.error('give -opt OPTION_FILE or --net-weights PATH.')
@@ -111,16 +169,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 def restorer_settings(args: argparse.Namespace) -> dict:
     """Restorer keyword arguments given on the command line (the others come from -opt or defaults)."""
     settings = {'net_weights': args.net_weights, 'network_options': args.network_json,
-                'clip_weights': args.clip_weights, 'device': args.device,
-                'tile': {'size': args.tile, 'overlap': args.tile_overlap} if args.tile is not None else None,
-                'half': args.half or None, 'prompts': args.prompts, 'scorer': args.scorer, 'progress': True}
+                'clip_weights': args.clip_weights, 'device': args.device, 'tile': tile_setting(args),
+                'half': args.half or None, 'prompts': args.prompts, 'scorer': args.scorer, 'progress': True,
+                'sde_steps': args.steps, 'seed': args.seed}
     if args.clip_backbone or args.clip_pretrained:
         settings['encoder_options'] = dict(DEFAULT_ENCODER, backbone=args.clip_backbone or DEFAULT_ENCODER['backbone'],
                                            pretrained=args.clip_pretrained)
     settings = {key: value for key, value in settings.items() if value is not None}
     if args.no_clip:
         settings.update(clip_weights=None, encoder_options=None)
+    if args.tile == WHOLE:
+        settings['tile'] = None
     return settings
+
+
+def tile_setting(args: argparse.Namespace) -> Optional[dict]:
+    """The tile mapping of --tile, --tile-overlap, --max-memory and --tile-batch; None when none of them is given
+    (the option file's tile, else the Restorer's default, auto)."""
+    if args.tile is None and args.max_memory is None and args.tile_batch is None:
+        return None
+    setting = {'size': args.tile if args.tile not in (None, WHOLE) else AUTO, 'overlap': args.tile_overlap,
+               'max_memory': args.max_memory, 'batch': args.tile_batch}
+    return {key: value for key, value in setting.items() if value is not None}
 
 
 def _output_path(output: str, relative: str, suffix: str, taken: set) -> str:
@@ -208,23 +278,57 @@ def list_jobs(inputs: List[str], output: str, suffix: str) -> Tuple[List[Job], L
     return jobs, problems
 
 
-def restore_all(restorer: Restorer, jobs: List[Job]) -> Outcome:
-    """Restore every job (each output written as soon as it is done, atomically); Ctrl-C stops between files."""
-    failures, restored = [], 0
+def _image_size(path: str) -> Optional[Tuple[int, int]]:
+    """(height, width) from the file's header, or None when it cannot be read (the image fails later, with why)."""
     try:
-        for job in tqdm(jobs, unit='image', desc='Restoring'):
-            try:
-                image, guess = restorer.restore_and_detect(load_image(job.source))
-                save_image(job.output, image)
-            except (ValueError, OSError, RuntimeError, MemoryError) as error:  # bad image, NaN, output, memory
-                failures.append((job.source, str(error) or type(error).__name__))
-                tqdm.write(f'FAILED {job.source}: {failures[-1][1]}')
-                continue
-            restored += 1
-            detected = f'{guess.prompt!r} ({guess.probabilities[guess.prompt]:.0%})' if guess else 'n/a (no CLIP)'
-            tqdm.write(f'{job.source}: detected {detected} -> {job.output}')
-    except KeyboardInterrupt:
-        return Outcome(failures, restored, interrupted=True)
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def planned_pixels(restorer: Restorer, jobs: List[Job]) -> List[int]:
+    """Pixels the network will restore for each job (tiles x tile area), 0 for images that cannot be planned."""
+    pixels = []
+    for job in jobs:
+        size = _image_size(job.source)
+        try:
+            pixels.append(restorer.tile_plan(*size).pixels if size else 0)
+        except ValueError:  # e.g. InsufficientMemoryError: reported when the image's turn comes
+            pixels.append(0)
+    return pixels
+
+
+def restore_all(restorer: Restorer, jobs: List[Job]) -> Outcome:
+    """Restore every job (each output written as soon as it is done, atomically); Ctrl-C stops between files.
+
+    The progress bar counts the pixels the network restores over all images (planned upfront from the
+    image headers), so its time left covers the whole run; tiled images add a bar of their own tiles.
+    """
+    failures, restored, plans = [], 0, []
+    pixels = planned_pixels(restorer, jobs)
+    with tqdm(total=sum(pixels), unit='px', unit_scale=True, desc='Restoring') as bar:
+        restorer.on_plan, restorer.on_progress = plans.append, bar.update
+        try:
+            for job, planned in zip(jobs, pixels):
+                bar.set_postfix_str(osp.basename(job.source))
+                done = bar.n
+                plans.clear()
+                try:
+                    image, guess = restorer.restore_and_detect(load_image(job.source))
+                    save_image(job.output, image)
+                except (ValueError, OSError, RuntimeError, MemoryError) as error:  # bad image, NaN, output, memory
+                    failures.append((job.source, str(error) or type(error).__name__))
+                    tqdm.write(f'FAILED {job.source}: {failures[-1][1]}')
+                    continue
+                finally:
+                    bar.update(max(done + planned - bar.n, 0))  # the plan and the image may disagree
+                restored += 1
+                detected = f'{guess.prompt!r} ({guess.probabilities[guess.prompt]:.0%})' if guess else 'n/a (no CLIP)'
+                plan = f'{plans[-1]}; ' if plans else ''
+                tqdm.write(f'{job.source}: {plan}detected {detected} -> {job.output}')
+        except KeyboardInterrupt:
+            return Outcome(failures, restored, interrupted=True)
     return Outcome(failures, restored, interrupted=False)
 
 

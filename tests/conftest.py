@@ -2,6 +2,7 @@
 
 Nothing here touches the network: open_clip models are built with ``pretrained=None``.
 """
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -20,6 +21,14 @@ TINY_CLIP_CONFIG = {
     'text_cfg': {'context_length': 77, 'vocab_size': 49408, 'width': 64, 'heads': 2, 'layers': 1},
 }
 
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` imported as a module (its ``main`` and helpers), without running it."""
+    spec = importlib.util.spec_from_file_location(f'{name}_script', osp.join(REPO_ROOT, 'scripts', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 def register_clip_config(directory: str, name: str, config: dict) -> str:
     """Write ``config`` as ``directory/<name>.json``, register it with open_clip and return the path."""

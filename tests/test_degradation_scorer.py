@@ -1,13 +1,11 @@
 """One degradation detector: CLIP validation, the Restorer and scripts/inference.py score with the same scorer."""
-import importlib.util
 import json
 import math
-import os.path as osp
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, smooth_image, write_image
+from conftest import load_script, smooth_image, write_image
 from torch.utils.data import DataLoader
 
 import vlunet  # noqa: F401
@@ -101,9 +99,7 @@ def test_restorer_detects_what_validation_scores_for_cosine_trained_adapters(cos
 
 
 def test_inference_script_detects_with_the_recorded_scorer_or_scorer_flag(cosine_trained, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('inference_script', osp.join(REPO_ROOT, 'scripts', 'inference.py'))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script('inference')
     common = [str(cosine_trained['root'] / 'photo.png'), '-o', str(tmp_path), '--net-weights', cosine_trained['net'],
               '--clip-weights', cosine_trained['clip'], '--clip-backbone', cosine_trained['encoder']['backbone'],
               '--clip-pretrained', cosine_trained['encoder']['pretrained'], '--network-json', json.dumps(TINY_SIZES)]

@@ -3,17 +3,15 @@
 Tiled vs whole-image agreement is tested once, in test_vlunet_model.py (the API calls the same
 ``vlunet.utils.tiling.restore``).
 """
-import importlib.util
 import json
 import os
-import os.path as osp
 
 import cv2
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, smooth_image, write_image
+from conftest import load_script, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from basicsr.archs import build_network
@@ -27,10 +25,7 @@ TINY_VLUNET = dict(TINY_SIZES, de_dim=3)
 
 
 def _inference_script():
-    spec = importlib.util.spec_from_file_location('inference_script', osp.join(REPO_ROOT, 'scripts', 'inference.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('inference')
 
 
 @pytest.fixture(scope='module')
@@ -237,8 +232,8 @@ def test_tile_zero_is_an_error_and_one_prompt_stays_one_prompt(weights, tmp_path
             script.parse_args(['x.png', '--net-weights', 'n.pth', '--tile', bad])
         assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert '--tile: 0 is not allowed: it must be at least 1 (leave --tile out to restore whole images)' in err
-    assert "--tile: 'big' is not a whole number of pixels" in err
+    assert '--tile: 0 is not allowed: it must be at least 1 (--tile whole restores whole images)' in err
+    assert "--tile: 'big' is not auto, whole or a whole number of pixels" in err
     assert script.parse_args(['x.png', '--net-weights', 'n.pth', '--prompts', 'haze']).prompts == ['haze']
     write_image(str(tmp_path / 'in.png'), smooth_image(0, 16, 16))
     assert _run_script(weights, [str(tmp_path / 'in.png')], tmp_path / 'out', '--prompts', 'haze') == 0
@@ -253,6 +248,10 @@ def test_out_of_memory_suggests_tiling(restorer, monkeypatch, error):
         raise error
 
     monkeypatch.setattr(restorer, 'net', exhausted)
+    with pytest.raises(InferenceOutOfMemoryError, match=r'out of memory restoring a 24x16 image on cpu .*tile: auto '
+                                                        r'planned .* --max-memory 2GB'):
+        restorer.restore(_rgb(0, 16, 24))  # the default, tile: auto (here the memory model's forward fails)
+    monkeypatch.setattr(restorer, 'tile', None)
     with pytest.raises(InferenceOutOfMemoryError, match=r'out of memory restoring a 24x16 image on cpu .*restore it '
                                                         r'in tiles: --tile 512'):
         restorer.restore(_rgb(0, 16, 24))

@@ -234,27 +234,16 @@ def test_training_entry_point_trains_validates_saves_and_resumes(tmp_path):
 
 
 def test_option_files_carry_the_original_settings():
+    """The network, SDE and encoder of the universal files (their data, schedule and metrics: test_irsde_universal)."""
     from vlunet.options import load_option_file
-    train = load_option_file(osp.join(REPO_ROOT, 'options', 'train_daclip_irsde.yml'))
-    test = load_option_file(osp.join(REPO_ROOT, 'options', 'test_daclip_irsde.yml'))
-    degradations = ['motion-blurry', 'hazy', 'jpeg-compressed', 'low-light', 'noisy', 'raindrop', 'rainy', 'shadowed',
-                    'snowy', 'uncompleted']
-    for opt in (train, test):
+    folder = osp.join(REPO_ROOT, 'options', 'daclip')
+    for name in ('train_irsde_universal.yml', 'test_irsde_universal.yml', 'test_universal_ir_released.yml'):
+        opt = load_option_file(osp.join(folder, name))
         assert opt['model_type'] == 'IRSDEModel' and opt['degradation_encoder']['type'] == 'DACLIP'
         assert opt['sde'] == {'max_sigma': 50, 'T': 100, 'schedule': 'cosine', 'eps': 0.005,
                               'sampling_mode': 'posterior', 'seed': 0}
         network = {k: v for k, v in opt['network_g'].items() if k != 'type'}
         with torch.device('meta'):
             assert sum(p.numel() for p in ConditionalUNet(**network).parameters()) == 48_975_747
-    tasks = train['datasets']['train']['tasks']
-    assert [t['name'] for t in tasks] == degradations and all(t['weight'] == 1 for t in tasks)
-    assert train['datasets']['train']['samples_per_epoch'] == 52801
-    assert (train['datasets']['train']['gt_size'], train['datasets']['train']['batch_size_per_gpu']) == (256, 16)
-    settings = train['train']
-    assert settings['optim_g'] == {'type': 'AdamW', 'lr': 2e-4, 'betas': [0.9, 0.99], 'weight_decay': 0}
-    assert (settings['total_iter'], settings['scheduler']['periods'], settings['scheduler']['eta_min']) == (
-        700000, [700000], 1e-6)
-    assert (settings['ema_decay'], settings['ema_update_every'], settings['pixel_opt']['type']) == (0.995, 10, 'L1Loss')
-    assert [d['task'] for _, d in sorted(test['datasets'].items())] == degradations
-    assert test['path']['pretrain_network_g'].endswith('universal-ir_net.pth')
-    assert {m['crop_border'] for m in test['val']['metrics'].values()} == {4}
+    train = load_option_file(osp.join(folder, 'train_irsde_universal.yml'))['train']
+    assert (train['pixel_opt']['type'], train['ema_decay'], train['ema_update_every']) == ('L1Loss', 0.995, 10)

@@ -21,6 +21,7 @@ from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.options import parse_options
+from vlunet.data.daclip_universal_dataset import universal_tasks
 from vlunet.options import check_option_file, load_option_file
 
 OPTION_FILES = sorted(osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO_ROOT, 'options', '**', '*.yml'),
@@ -28,6 +29,10 @@ OPTION_FILES = sorted(osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO
 TINY_SIZES = {'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 1, 1],
               'key_size': 8}
 IMAGE_SIZE = 24
+TINY_PERCEIVEIR = {'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 1, 1],
+                   'degradation_dim': 16, 'semantic_pretrained': None, 'semantic_layers': [1, 2, 3, 4],
+                   'semantic_image_size': 32, 'semantic_kwargs': {'embed_dim': 32, 'depth': 4, 'num_heads': 2,
+                                                                  'patch_size': 8}}
 FLOAT_AND_UINT8_METRICS = {'calculate_psnr', 'calculate_ssim', 'calculate_psnr_float_rgb', 'calculate_ssim_float_rgb'}
 NHRBL_TASKS = ['denoise_15', 'denoise_25', 'denoise_50', 'derain', 'dehaze', 'deblur', 'delowlight']
 NHRBL_TESTS = ['CBSD68-sigma15', 'CBSD68-sigma25', 'CBSD68-sigma50', 'SOTS-outdoor', 'Rain100L', 'GoPro', 'LOL',
@@ -106,10 +111,34 @@ def _create_triplets(opt: dict) -> None:
                 f.write('lq/a.png,medium/a.png,gt/a.png\n')
 
 
+def _create_proxies(opt: dict) -> None:
+    """A proxy image named like the first image of every task a PerceiveIRRestorationDataset proxy serves."""
+    for dataset in opt['datasets'].values():
+        names = [task['name'] for task in dataset.get('tasks', [])]
+        for proxy in dataset.get('proxies') or []:
+            for name in proxy.get('tasks') or names:
+                _write_images(proxy['dataroot'].replace('{task}', name), ['a.png'], 0)
+
+
+def _shrink_perceiveir_losses(train: dict, tiny_clip_name: str) -> None:
+    """Perceive-IR's L_clip on the tiny CLIP with a prompts file written for it; L_dpl with a random VGG-16."""
+    if (train.get('clip_opt') or {}).get('type') == 'QualityPromptLoss':
+        prompts = build_network({'type': 'QualityPrompts', 'backbone': tiny_clip_name, 'num_vectors': 4})
+        path = train['clip_opt']['prompts_path']
+        os.makedirs(osp.dirname(path), exist_ok=True)
+        torch.save({'params': prompts.prompt_state_dict(), 'words': prompts.words, 'num_vectors': 4,
+                    'backbone': prompts.backbone_name, 'logit_scale': 1.0}, path)
+        train['clip_opt'].update(clip_backbone=tiny_clip_name, clip_pretrained=None)
+    if train.get('dpl_opt'):
+        train['dpl_opt']['vgg_weights'] = 'random'
+
+
 def _sources(opt: dict):
     for dataset in opt['datasets'].values():
         for task in dataset.get('tasks', []):
             yield task['source']
+        if dataset.get('type') == 'DAClipUniversalDataset':
+            yield from (task['source'] for task in universal_tasks(dataset))
         if 'dataroot_gt' in dataset:
             yield dataset
 
@@ -133,6 +162,11 @@ def _shrink(opt: dict, tiny_clip_name: str) -> dict:
             opt[key].update(backbone=tiny_clip_name, pretrained=None)
         elif opt[key]['type'] == 'ConditionalUNet':
             opt[key].update(nf=8)
+        elif opt[key]['type'] in ('NAFNetDACLIP', 'NAFNet'):
+            opt[key].update(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1])
+        elif opt[key]['type'] == 'PerceiveIR':
+            opt[key].update(TINY_PERCEIVEIR)
+    _shrink_perceiveir_losses(opt.get('train') or {}, tiny_clip_name)
     for path_key, network_key in networks.items():
         if opt.get('path', {}).get(path_key):
             _save_weights(opt['path'][path_key], build_network(dict(opt[network_key])))
@@ -157,6 +191,7 @@ def test_option_file_builds_its_datasets_and_model(option_file, tmp_path, monkey
         _create_source(source)
     _create_captions(shipped)
     _create_triplets(shipped)
+    _create_proxies(shipped)
     opt = _parsed(str(tmp_path / 'opt.yml'), _shrink(shipped, tiny_clip_name), is_train, monkeypatch)
     datasets = {phase: build_dataset(dataset_opt) for phase, dataset_opt in opt['datasets'].items()}
     for phase, dataset in datasets.items():
@@ -172,7 +207,7 @@ def test_option_file_builds_its_datasets_and_model(option_file, tmp_path, monkey
             _check_training_schedule(shipped, model)
             assert 'find_unused_parameters' not in shipped  # every trainable VLUNet parameter is used (DDP)
         crop = shipped['datasets'].get('train', {}).get('gt_size')
-        if crop and not option_file.startswith('options/demo/'):
+        if crop and not option_file.startswith(('options/demo/', 'options/daclip/')):  # DA-CLIP's setting: 256
             assert crop == 128 and datasets['train'][0]['lq'].shape == (3, 128, 128)
     if option_file in TRAIN_SETTINGS:
         _check_paper_training_setting(option_file, shipped, model, datasets)

@@ -7,7 +7,7 @@ Python API::
 
     restorer = Restorer('experiments/pretrained_models/5task_vlunet_net.pth',
                         clip_weights='experiments/pretrained_models/5task_vlunet_clip.pth',
-                        device='cuda', tile={'size': 512, 'overlap': 32}, half=True)
+                        device='cuda', half=True)       # tile='auto': whole image or tiles, as memory allows
     image = load_image('photo.jpg')                    # float32 (H, W, 3) RGB in [0, 1]
     restored = restorer.restore(image)                 # same shape, any H and W
     prompt, probabilities = restorer.detect_degradation(image)
@@ -20,7 +20,9 @@ default ``{type: DegradationCLIP, backbone: ViT-B-32}``) is built when ``clip_we
 ``encoder_options`` is given; without it the network runs unguided (the paper's "w/o CLIP").
 :meth:`Restorer.from_option_file` reads all of this from a test option file.
 
-The degradation vector d is computed once from the whole image and shared by all tiles.
+Images are restored whole when they fit in memory, else in the largest tiles that fit (``tile='auto'``,
+:mod:`vlunet.utils.tiling`; :meth:`Restorer.tile_plan` says which). The degradation vector d is
+computed once from the whole image and shared by all tiles.
 :meth:`Restorer.detect_degradation` scores the image embedding against the text embeddings of the
 ``prompts`` (default: the seven official degradation texts) and returns the best prompt and the
 softmax over the prompts. It scores with the scorer the adapters were trained with, the one CLIP
@@ -28,13 +30,24 @@ validation uses (:class:`~vlunet.models.degradation_classification.PromptScorer`
 fine-tuning checkpoints (cosine × temperature for the contrastive losses), the official raw dot
 product for official and converted files, or ``scorer=`` to choose.
 
+DA-CLIP's IR-SDE networks (``network_options: {type: ConditionalUNet}``, e.g. from
+``options/daclip/test_universal_ir_released.yml``) restore by sampling
+(:mod:`vlunet.utils.daclip.irsde_restore`): the DACLIP encoder's two embeddings are computed once per
+image, ``sde_steps`` steps (default ``sde.T``, 100) each run the network whole or in the tiles planned
+once for the image, and the noise is seeded with ``seed`` (default ``sde.seed``, 0), so a restoration is
+reproducible. Their detected degradation is the best of DA-CLIP's 10 degradation names, scored as
+DA-CLIP classifies (cosine × 100)::
+
+    restorer = Restorer.from_option_file('options/daclip/test_universal_ir_released.yml', sde_steps=100, seed=0)
+
 Checks: an input or output with NaN/Inf values and running out of memory raise errors that say what
 to do (:class:`NonFiniteImageError`, :class:`InferenceOutOfMemoryError`), instead of a black image or
-the allocator's message.
+the allocator's message; under ``tile='auto'`` an image that cannot fit even in the smallest tiles
+raises :class:`~vlunet.utils.tiling.InsufficientMemoryError` before any work.
 """
 import os.path as osp
 from functools import partial
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,20 +55,28 @@ from basicsr.archs import build_network
 from basicsr.utils import FileClient, img2tensor, tensor2img
 from torch import nn
 
+from vlunet.archs.daclip.daclip_arch import DACLIP
+from vlunet.data.daclip_universal_dataset import DACLIP_DEGRADATIONS
 from vlunet.data.image_io import read_image
 from vlunet.data.task_catalog import KNOWN_TASKS
 from vlunet.models.degradation_classification import OFFICIAL_SCORER, PromptScorer, read_scorer
+from vlunet.losses.daclip_loss import DACLIPLoss
 from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder
 from vlunet.options import load_option_file
 from vlunet.utils.atomic_write import atomic_imwrite
+from vlunet.utils.daclip.irsde_restore import IRSDERestoration, check_encoder, encode_contexts, is_noise_network
 from vlunet.utils.official_checkpoint import detect_de_dim
 from vlunet.utils.official_release import RELEASE_PACKAGE_URL
 from vlunet.utils.precision import AmpOptions, autocast
 from vlunet.utils.safe_load import safe_torch_load
-from vlunet.utils.tiling import parse_tile_options, restore
+from vlunet.utils.memory_model import cached_memory_model, network_memory_key
+from vlunet.utils.tiling import (AutoTile, TileOptions, TilePlan, parse_tile_options, plan_tiles, repeat_per_tile,
+                                 restore)
 
 DEFAULT_PROMPTS = tuple(task.text for task in KNOWN_TASKS.values())
 DEFAULT_ENCODER = {'type': 'DegradationCLIP', 'backbone': 'ViT-B-32', 'pretrained': None}
+DACLIP_ENCODER = {'type': 'DACLIP', 'backbone': 'ViT-B-32', 'pretrained': None}  # IR-SDE networks' default
+DACLIP_SCORER = PromptScorer(*DACLIPLoss.prompt_scorer)  # DA-CLIP's classification (cosine x 100, paper Table 4)
 
 
 class NonFiniteImageError(ValueError):
@@ -144,36 +165,62 @@ class Restorer:
         net_weights: BasicSR weight file of the network (``params``, or ``param_key``).
         clip_weights: converted degradation-encoder file (``path.pretrain_network_degradation_encoder``).
         network_options: ``network_g`` mapping (default: VLUNet with ``de_dim`` read from the weights).
-        encoder_options: ``degradation_encoder`` mapping (default :data:`DEFAULT_ENCODER` when
-            ``clip_weights`` is given; no encoder when both are None).
+        encoder_options: ``degradation_encoder`` mapping (default :data:`DEFAULT_ENCODER`, or
+            :data:`DACLIP_ENCODER` for an IR-SDE network, when ``clip_weights`` is given; no encoder when both
+            are None).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
-        tile: ``{'size': 512, 'overlap': 32}`` (optional ``size_multiple``) or None for whole images.
+        tile: ``'auto'`` (default: the whole image when it fits in memory, else the largest tile that fits),
+            ``{'size': 'auto', 'max_memory': '4GB'}``, fixed tiles ``{'size': 512, 'overlap': 32, 'batch': 2}``
+            or None for whole images (:mod:`vlunet.utils.tiling`).
         half: float16 autocast for the network on CUDA (the encoder stays float32).
-        prompts: degradation texts for :meth:`detect_degradation` (default: the seven official ones; a
-            single string is one prompt).
+        prompts: degradation texts for :meth:`detect_degradation` (default: the seven official ones; DA-CLIP's
+            10 degradation names for a DACLIP encoder; a single string is one prompt).
         scorer: how :meth:`detect_degradation` scores images against prompts: a
             :class:`~vlunet.models.degradation_classification.PromptScorer` or its text (``dot``,
             ``cosine``, ``cosine:<temperature>``); default: the one recorded in ``clip_weights`` (the
-            loss the adapters were trained with), else the official ``dot``.
+            loss the adapters were trained with), else the official ``dot``; DA-CLIP's for a DACLIP encoder.
         param_key: key of the network weights in ``net_weights`` (falls back to params / params_ema).
-        progress: show a progress bar over the tiles of each image (tiled inference only).
+        progress: show a progress bar over the tiles of each image, with the time left (tiled inference only;
+            IR-SDE networks: over the sampling steps).
+        sde: an IR-SDE network's ``sde`` option block (:mod:`vlunet.utils.daclip.irsde_restore`; default the
+            release's settings); IR-SDE networks (``ConditionalUNet``) restore by sampling, with the DA-CLIP
+            contexts encoded once per image and each step's network run whole or in tiles as ``tile`` says.
+        sde_steps: IR-SDE sampling steps (default ``sde.T``, 100: the paper's setting; fewer: faster, approximate).
+        seed: IR-SDE noise seed of every image (default ``sde.seed``, else 0): reproducible restorations.
+
+    Attributes ``on_plan`` and ``on_progress`` (default None): called with each image's
+    :class:`~vlunet.utils.tiling.TilePlan` before its restoration starts, and with the pixels restored
+    after each forward (a progress bar over a folder sums the :meth:`tile_plan` pixels of its images).
     """
 
     def __init__(self, net_weights: str, clip_weights: Optional[str] = None, network_options: Optional[dict] = None,
-                 encoder_options: Optional[dict] = None, device: str = 'cpu', tile: Optional[dict] = None,
-                 half: bool = False, prompts: Sequence[str] = DEFAULT_PROMPTS, param_key: str = 'params',
-                 progress: bool = False, scorer: Union[PromptScorer, str, None] = None):
+                 encoder_options: Optional[dict] = None, device: str = 'cpu', tile: Union[None, str, dict] = 'auto',
+                 half: bool = False, prompts: Optional[Sequence[str]] = None, param_key: str = 'params',
+                 progress: bool = False, scorer: Union[PromptScorer, str, None] = None, sde: Optional[dict] = None,
+                 sde_steps: Optional[int] = None, seed: Optional[int] = None):
         self.device = resolve_device(device)
         if half and self.device.type != 'cuda':
             raise ValueError('half precision needs a CUDA device (use device="cuda", or drop half).')
         self.amp = AmpOptions(enabled=half, dtype=torch.float16)
         self.tile = parse_tile_options(tile)
         self.progress = progress
+        self.on_progress: Optional[Callable[[int], None]] = None
+        self.on_plan: Optional[Callable[[TilePlan], None]] = None
         self.net = build_restoration_network(net_weights, network_options, param_key).to(self.device)
-        self.size_multiple = (tile or {}).get('size_multiple') or getattr(self.net, 'size_multiple', 1)
+        self.size_multiple = (tile if isinstance(tile, dict) else {}).get('size_multiple') or getattr(
+            self.net, 'size_multiple', 1)
+        self.memory_key = network_memory_key(self.net, self.device)
+        self.sde = IRSDERestoration(sde, sde_steps, seed, self.device) if is_noise_network(self.net) else None
+        if self.sde is None and (sde_steps is not None or seed is not None):
+            raise ValueError(f'sde_steps / seed (--steps / --seed): only IR-SDE networks (ConditionalUNet) sample; '
+                             f'{type(self.net).__name__} restores in one pass.')
         if clip_weights is not None or encoder_options is not None:
-            encoder_options = encoder_options or DEFAULT_ENCODER
+            encoder_options = encoder_options or (DACLIP_ENCODER if self.sde else DEFAULT_ENCODER)
         self.encoder = build_degradation_encoder(encoder_options, clip_weights, self.device)
+        if self.sde is not None:
+            check_encoder(self.net, self.encoder)
+        if prompts is None:
+            prompts = DACLIP_DEGRADATIONS if isinstance(self.encoder, DACLIP) else DEFAULT_PROMPTS
         self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not self.prompts or not all(isinstance(prompt, str) and prompt for prompt in self.prompts):
             raise ValueError(f'prompts: give one or more non-empty degradation texts, got {prompts!r}.')
@@ -185,6 +232,8 @@ class Restorer:
             return PromptScorer.parse(scorer)
         if scorer is not None:
             return scorer
+        if isinstance(self.encoder, DACLIP):
+            return DACLIP_SCORER
         return read_scorer(clip_weights) if self.encoder is not None and clip_weights else OFFICIAL_SCORER
 
     @classmethod
@@ -198,7 +247,7 @@ class Restorer:
         settings = dict(net_weights=weights, clip_weights=opt['path'].get(WEIGHTS_KEY),
                         network_options=opt.get('network_g'), encoder_options=opt.get('degradation_encoder'),
                         device='cpu' if opt.get('num_gpu') == 0 else 'auto', tile=opt.get('tile'),
-                        param_key=opt['path'].get('param_key_g', 'params'))
+                        param_key=opt['path'].get('param_key_g', 'params'), sde=opt.get('sde'))
         settings.update(overrides)
         return cls(**settings)
 
@@ -224,15 +273,17 @@ class Restorer:
     def restore_tensor(self, images: torch.Tensor, degradation: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Restore ``images`` (B, 3, H, W) float RGB in [0, 1] on the device -> (B, 3, H, W) float32, clamped.
 
-        ``degradation`` (B, D): a d already computed for ``images`` (default: encoded here).
+        ``degradation`` (B, D): a d already computed for ``images`` (default: encoded here; IR-SDE networks
+        encode both DA-CLIP contexts themselves, once).
         """
-        if degradation is None:
+        if degradation is None and self.sde is None:
             degradation = self.encode_degradation(images)
-        network = self.net if degradation is None else partial(self.net, degradation=degradation)
         out_of_memory = None
         try:
             with torch.no_grad(), autocast(self.amp, self.device):
-                output = restore(network, images, self.tile, self.size_multiple, self.progress)
+                output = self._sample(images) if self.sde is not None else restore(
+                    self._network(degradation), images, self.tile, self.size_multiple, self.progress, self.memory_key,
+                    self.on_plan, self.on_progress)
         except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
             if not _is_out_of_memory(error):
                 raise
@@ -248,11 +299,43 @@ class Restorer:
                 + ' (saved, they would be black pixels).')
         return output.float().clamp_(0, 1)
 
+    def _network(self, degradation: Optional[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network guided by d (B, D), repeated over stacked tiles (k * B, 3, h, w); without d, the bare network."""
+        if degradation is None:
+            return self.net
+        return lambda tiles: self.net(tiles, degradation=repeat_per_tile(degradation, tiles.shape[0]))
+
+    def _sample(self, images: torch.Tensor) -> torch.Tensor:
+        """IR-SDE restoration of ``images`` (B, 3, H, W): contexts encoded once, one :meth:`tile_plan` for all steps."""
+        plan = self.tile_plan(*images.shape[-2:])
+        if self.on_plan is not None:
+            self.on_plan(plan)
+        tile = None if plan.size is None else TileOptions(plan.size, plan.overlap, plan.batch)
+        steps, on_progress = self.sde.steps, self.on_progress
+        apply = partial(restore, tile=tile, size_multiple=self.size_multiple,
+                        on_progress=None if on_progress is None else lambda pixels: on_progress(pixels / steps))
+        return self.sde.restore(self.net, images, encode_contexts(self.encoder, images), apply, self.progress)
+
+    def tile_plan(self, height: int, width: int) -> TilePlan:
+        """How a height x width image will be restored (whole or tiles, tiles per forward, predicted memory);
+        under ``tile: auto`` the network's memory model is measured on first use (two small forwards)."""
+        def memory_model():
+            probe = torch.full((1, 3, 64, 64), 0.5, device=self.device)
+            with torch.no_grad(), autocast(self.amp, self.device):
+                network, probe = (self.sde.memory_probe(self.net, encode_contexts(self.encoder, probe), probe)
+                                  if self.sde is not None else (self._network(self.encode_degradation(probe)), probe))
+                return cached_memory_model(self.memory_key, network, probe, self.size_multiple)
+        return plan_tiles(self.tile, (1, 3, height, width), self.size_multiple, self.device, memory_model)
+
     def _out_of_memory_message(self, images: torch.Tensor, error: BaseException) -> str:
         height, width = images.shape[-2:]
         if self.tile is None:
             advice = ('restore it in tiles: --tile 512 (scripts/inference.py), tile={"size": 512, "overlap": 32} '
-                      '(Restorer) or tile: {size: 512, overlap: 32} (option file)')
+                      '(Restorer) or tile: {size: 512, overlap: 32} (option file), or let tile: auto choose')
+        elif isinstance(self.tile, AutoTile):
+            advice = ('tile: auto planned for more memory than the device could give (did other programs take '
+                      'some?); give it a smaller budget: --max-memory 2GB (scripts/inference.py) or '
+                      'tile={"size": "auto", "max_memory": "2GB"}')
         else:
             advice = f'use smaller tiles than {self.tile.size} (e.g. --tile {max(self.tile.size // 2, 64)})'
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__

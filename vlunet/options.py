@@ -54,7 +54,7 @@ SECTION_KEYS = {
               'perceptual_opt', 'gan_opt', 'ldl_opt', 'feature_matching_opt', 'net_d_iters', 'net_d_init_iters',
               'net_d_reg_every', 'net_g_reg_every', 'r1_reg_weight', 'path_reg_weight', 'path_batch_shrink',
               'mixing_prob', 'dcn_lr_mul', 'flow_lr_mul', 'fix_flow', 'lr_flow', 'tsa_iter', 'clip_opt',
-              'optim_clip', 'ema_update_every'),
+              'optim_clip', 'ema_update_every', 'difficulty_probe'),
     'val': ('val_freq', 'save_img', 'suffix', 'metrics', 'pbar', 'before_training', 'center_frame_only',
             'flip_seq', 'num_val_samples'),
     'logger': ('print_freq', 'save_checkpoint_freq', 'use_tb_logger', 'wandb'),

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlunet.archs.restormer_blocks import TransposedSelfAttention, channel_attention
+from vlunet.archs.restormer_blocks import TransposedSelfAttention, pointwise, projected_attention
 
 
 class DegradationCrossAttention(nn.Module):
@@ -34,10 +34,12 @@ class DegradationCrossAttention(nn.Module):
         self.k_dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
 
-    def forward(self, x: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        query, value = self.qv_dwconv(self.qv(x)).chunk(2, dim=1)
-        key = self.k_dwconv(self.k(key))
-        return self.project_out(channel_attention(query, key, value, self.temperature, self.heads))
+    def forward(self, x: torch.Tensor, key: torch.Tensor, subtract: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Phi(x, key), minus ``subtract`` (B, C, H, W) if given (fused into the output product)."""
+        query, value = self.qv_dwconv(pointwise(x, self.qv)).chunk(2, dim=1)
+        key = self.k_dwconv(pointwise(key, self.k))
+        return projected_attention(query, key, value, self.temperature, self.heads, self.project_out,
+                                   residual=subtract, residual_weight=-1.0)
 
 
 class DegradationGuidedGradientStep(nn.Module):
@@ -86,5 +88,5 @@ class DegradationGuidedGradientStep(nn.Module):
     def forward(self, x: torch.Tensor, degraded: torch.Tensor, degradation: Optional[torch.Tensor]) -> torch.Tensor:
         """x, degraded (the y-branch features): (B, C, H, W); degradation: (B, D) or None -> (B, C, H, W)."""
         key = self.mixed_key(degradation, x.shape[0], x.shape[-2:])
-        residual = self.degradation_operator(x, key) - degraded
-        return x - self.step_size * self.adjoint_operator(residual)
+        residual = self.degradation_operator(x, key, subtract=degraded)
+        return self.adjoint_operator(residual, residual=x, scale=-self.step_size)

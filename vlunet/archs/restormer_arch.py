@@ -25,7 +25,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlunet.archs.padding import crop_to, pad_to_multiple
-from vlunet.archs.restormer_blocks import Downsample, TransformerBlock, Upsample
+from vlunet.archs.restormer_blocks import Downsample, TransformerBlock, Upsample, pointwise, store_weights_channels_last
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
 OFFICIAL_RENAMES = ((re.compile(r'^patch_embed\.proj\.'), 'patch_embed.'), (re.compile(r'\.(norm[12])\.body\.'), r'.\1.'))
@@ -97,6 +97,7 @@ class Restormer(nn.Module):
         self.decoder_level1 = _blocks(dim * 2, num_blocks[0], heads[0], ffn_expansion_factor)
         self.refinement = _blocks(dim * 2, num_refinement_blocks, heads[0], ffn_expansion_factor)
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=False)
+        store_weights_channels_last(self)  # DDP: gradients with the parameters' strides
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Restore ``image`` (B, C, H, W) of any size."""
@@ -106,7 +107,7 @@ class Restormer(nn.Module):
         level2 = self.encoder_level2(self.down1_2(level1))
         level3 = self.encoder_level3(self.down2_3(level2))
         latent = self.latent(self.down3_4(level3))
-        decoder3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), level3], dim=1)))
-        decoder2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(decoder3), level2], dim=1)))
+        decoder3 = self.decoder_level3(pointwise(torch.cat([self.up4_3(latent), level3], dim=1), self.reduce_chan_level3))
+        decoder2 = self.decoder_level2(pointwise(torch.cat([self.up3_2(decoder3), level2], dim=1), self.reduce_chan_level2))
         decoder1 = self.decoder_level1(torch.cat([self.up2_1(decoder2), level1], dim=1))
         return crop_to(self.output(self.refinement(decoder1)) + padded, height, width)

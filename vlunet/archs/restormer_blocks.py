@@ -2,8 +2,19 @@
 
 Channel layer norm, transposed (channel) self-attention (MDTA), gated feed-forward (GDFN), the
 transformer block that chains them, and the 2x down/up samplers. All convolutions are bias-free,
-as in the official VLU-Net release. Feature maps are (B, C, H, W) throughout.
+as in the official VLU-Net release. Feature maps are (B, C, H, W) throughout, fastest channels-last.
+
+On channels-last maps a (B, C, H, W) map *is* a (B, H, W, C) array, so the blocks work on that view
+without copies: the layer norm is one ``F.layer_norm`` over its last axis, 1x1 convolutions are one
+matrix product (:func:`pointwise`; it reads channel slices, such as the halves of a ``chunk``, in
+place), and the attention's per-head matrices are strided views. Fresh full-size tensors cost page
+faults on CPU (large allocations are new memory every time), so the blocks allocate and pass over
+full-size maps as few times as they can: the attention's weights and output projection are merged
+into one small matrix (:func:`projected_attention`), residual sums accumulate inside the last matrix
+product, and without autograd the GDFN gates in place.
 """
+from typing import Iterable, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +36,57 @@ class ChannelLayerNorm(nn.LayerNorm):
 REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _fuse_residual(product: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+    """Whether ``residual`` can be the accumulator of the matrix product (same dtype, no autocast).
+
+    Under autocast the product runs in fp16/bf16 and the sum keeps the residual's float32, as unfused.
+    """
+    device = product.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return residual is not None and residual.dtype == product.dtype and not autocast
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C): a view on channels-last maps and their channel slices (a copy otherwise)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
+def _as_map(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W) channels-last view, H and W from ``like``."""
+    return rows.view(rows.shape[0], *like.shape[-2:], rows.shape[-1]).permute(0, 3, 1, 2)
+
+
+def pointwise(x: torch.Tensor, conv: nn.Conv2d, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The bias-free 1x1 ``conv`` of x (B, C, H, W) (plus ``residual``), as one matrix product on (B, H*W, C).
+
+    Returns (B, C_out, H, W), channels-last. As fast as the convolution forward, faster backward with
+    several threads (oneDNN's 1x1 backward); it reads a channels-last slice of a wider map in place (a
+    convolution would copy it first), and the residual sum is the product's accumulator (no second pass). The weight's gradient comes out contiguous:
+    store 1x1 weights contiguous for DDP's gradient buckets.
+    """
+    rows, weight = _rows(x), conv.weight.flatten(1).t()  # (B, H*W, C), (C, C_out)
+    if _fuse_residual(rows, residual):
+        out = torch.addmm(_rows(residual).flatten(0, 1), rows.flatten(0, 1), weight)
+        return _as_map(out.view(x.shape[0], -1, out.shape[-1]), x)
+    out = _as_map(rows @ weight, x)
+    return out if residual is None else out + residual
+
+
+def spatial_norms(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C) float32: the L2 norm of every channel over the H*W pixels, floored at 1e-12.
+
+    fp32: ``square().sum()`` (it reads strided channels-last memory ~3x faster than
+    ``linalg.vector_norm``); fp16/bf16: ``vector_norm`` accumulating in float32 (fp16 squares overflow
+    from |x| > 255).
+    """
+    flat = x.flatten(2)
+    if flat.dtype in REDUCED_PRECISION:
+        norms = torch.linalg.vector_norm(flat, dim=-1, dtype=torch.float32)
+    else:
+        norms = flat.square().sum(dim=-1, dtype=torch.float32).sqrt()
+    return norms.clamp_min(1e-12)
+
+
 def _normalized(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     """x (B, C, N) in fp16/bf16 divided by its float32 row norms (B, C): one multiplication in x's dtype.
 
@@ -32,6 +94,30 @@ def _normalized(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     """
     reciprocal = norm.reciprocal().clamp_max(torch.finfo(x.dtype).max).to(x.dtype)
     return x * reciprocal.unsqueeze(-1)
+
+
+def attention_weights(query: torch.Tensor, key: torch.Tensor, temperature: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, heads, C/heads, C/heads): per head softmax(normalize(q) @ normalize(k)^T * temperature), in v's dtype.
+
+    query, key: (B, C, H, W), channels grouped head-major; q, k are the (C/heads, H*W) head matrices
+    and normalize is L2 over the spatial axis. Channels-last head matrices are strided views that the products read
+    directly (no per-head copies). In float32 the small logits are divided by the outer product of the
+    norms instead of normalising the large q and k (same value; saves two full-size divisions). In
+    fp16/bf16 (autocast) q and k are normalised first, as in the official code: q @ k^T sums H*W
+    products and would pass fp16's largest value (65,504) from about 256x256 on. Norms, logits and
+    softmax are float32.
+    """
+    b = query.shape[0]
+    query_norm, key_norm = spatial_norms(query), spatial_norms(key)
+    q, k = query.flatten(2), key.flatten(2)  # (B, C, H*W)
+    normalize_first = q.dtype in REDUCED_PRECISION
+    if normalize_first:
+        q, k = _normalized(q, query_norm), _normalized(k, key_norm)
+    logits = torch.stack([q_head @ k_head.transpose(1, 2)
+                          for q_head, k_head in zip(q.chunk(heads, 1), k.chunk(heads, 1))], dim=1).float()
+    if not normalize_first:
+        logits = logits / (query_norm.view(b, heads, -1, 1) * key_norm.view(b, heads, 1, -1))
+    return (logits * temperature.view(1, heads, 1, 1)).softmax(dim=-1)
 
 
 def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, temperature: torch.Tensor,
@@ -44,39 +130,50 @@ def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         heads: Number of heads; must divide C.
 
     Returns:
-        (B, C, H, W), channels-last: per head, softmax(normalize(q) @ normalize(k)^T * temperature) @ v,
-        where q, k, v are (C/heads, H*W) matrices and normalize is L2 over the spatial axis.
-
-    Written for channels-last maps, where every (C/heads, H*W) head matrix is a strided view that the
-    matrix products read directly (no per-head copies), and the output is produced as (B, H*W, C).
-    In float32, instead of normalising the large q and k, the small (C/heads)^2 logits are divided by
-    the outer product of their norms (same value; saves two full-size divisions). In fp16/bf16 (autocast)
-    q and k are normalised first, as in the official code: q @ k^T sums H*W products and would pass
-    fp16's largest value (65,504) from about 256x256 on. Norms, logits and softmax are float32.
+        (B, C, H, W), channels-last: per head, :func:`attention_weights` @ v (v: the (C/heads, H*W)
+        head matrix), produced as (B, H*W, C) from strided views of channels-last maps.
     """
-    b, c, h, w = query.shape
-    q, k, v = (t.flatten(2) for t in (query, key, value))  # (B, C, H*W)
-    normalize_first = q.dtype in REDUCED_PRECISION
-    if normalize_first:  # fp16 squares overflow from |x| > 255: vector_norm accumulates in float32
-        q_norm, k_norm = (torch.linalg.vector_norm(t, dim=-1, dtype=torch.float32).clamp_min(1e-12) for t in (q, k))
-    else:  # square().sum() reads strided memory ~3x faster than linalg.vector_norm on channels-last maps
-        q_norm, k_norm = (t.square().sum(dim=-1, dtype=torch.float32).sqrt().clamp_min(1e-12) for t in (q, k))
-    if normalize_first:
-        q, k = _normalized(q, q_norm), _normalized(k, k_norm)
-    outputs = []
-    for head, (q_head, k_head, v_head, q_head_norm, k_head_norm) in enumerate(zip(
-            q.chunk(heads, 1), k.chunk(heads, 1), v.chunk(heads, 1), q_norm.chunk(heads, 1), k_norm.chunk(heads, 1))):
-        cosine = (q_head @ k_head.transpose(1, 2)).float()
-        if not normalize_first:
-            cosine = cosine / (q_head_norm.unsqueeze(2) * k_head_norm.unsqueeze(1))
-        attention = (cosine * temperature[head]).softmax(dim=-1).to(v_head.dtype)
-        outputs.append(v_head.transpose(1, 2) @ attention.transpose(1, 2))  # (B, H*W, C/heads)
-    out = outputs[0] if heads == 1 else torch.cat(outputs, dim=2)
-    return out.view(b, h, w, c).permute(0, 3, 1, 2)
+    attention = attention_weights(query, key, temperature, heads).to(value.dtype)
+    v = _rows(value)
+    outputs = [v_head @ attention[:, head].transpose(1, 2) for head, v_head in enumerate(v.chunk(heads, 2))]
+    return _as_map(outputs[0] if heads == 1 else torch.cat(outputs, dim=2), value)
+
+
+def projected_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, temperature: torch.Tensor,
+                        heads: int, project_out: nn.Conv2d, residual: Optional[torch.Tensor] = None,
+                        scale: Optional[torch.Tensor] = None, residual_weight: float = 1.0) -> torch.Tensor:
+    """``residual_weight * residual + scale * project_out(channel_attention(query, key, value))``, one product.
+
+    Shapes: query, key, value, residual (B, C, H, W); scale: a tensor broadcastable to (B, 1, 1)
+    (e.g. a learnable step); None: omitted. Returns (B, C_out, H, W), channels-last.
+
+    The attention weights of every head and the 1x1 projection are both linear maps of v's channels:
+    they are merged first into one small (B, C, C_out) matrix (block-diagonal weights @ projection,
+    times ``scale``), so v is read once by a single product, which accumulates onto the residual.
+    Saves the per-head products, their concatenation, the projection pass and the residual pass.
+    Under autocast the scale and the residual are applied afterwards in float32, as unfused.
+    """
+    b, c = value.shape[:2]
+    attention = attention_weights(query, key, temperature, heads).to(value.dtype)
+    projection = project_out.weight.flatten(1).t().reshape(heads, c // heads, -1)  # (heads, C/heads, C_out)
+    merged = (attention.transpose(2, 3) @ projection).reshape(b, c, -1)  # (B, C, C_out)
+    v = _rows(value)
+    if _fuse_residual(v, residual):
+        if scale is not None:
+            merged = merged * scale.view(-1, 1, 1)
+        return _as_map(torch.baddbmm(_rows(residual), v, merged, beta=residual_weight), value)
+    out = _as_map(v @ merged, value)
+    if scale is not None:
+        out = out * scale.view(-1, 1, 1, 1)
+    return out if residual is None else out + residual_weight * residual
 
 
 class TransposedSelfAttention(nn.Module):
-    """MDTA: multi-Dconv head transposed self-attention of Restormer, (B, C, H, W) -> (B, C, H, W)."""
+    """MDTA: multi-Dconv head transposed self-attention of Restormer, (B, C, H, W) -> (B, C, H, W).
+
+    ``forward(x, residual=None, scale=None)`` returns ``residual + scale * MDTA(x)`` (None: omitted),
+    the sum and the scaling fused into the output product.
+    """
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -86,13 +183,18 @@ class TransposedSelfAttention(nn.Module):
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=False)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        query, key, value = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
-        return self.project_out(channel_attention(query, key, value, self.temperature, self.heads))
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        query, key, value = self.qkv_dwconv(pointwise(x, self.qkv)).chunk(3, dim=1)
+        return projected_attention(query, key, value, self.temperature, self.heads, self.project_out, residual,
+                                   scale)
 
 
 class GatedFeedForward(nn.Module):
-    """GDFN: 1x1 expand to 2 x hidden, 3x3 depthwise, GELU(first half) * second half, 1x1 back to dim."""
+    """GDFN: 1x1 expand to 2 x hidden, 3x3 depthwise, GELU(first half) * second half, 1x1 back to dim.
+
+    ``forward(x, residual=None)`` returns ``residual + GDFN(x)``, the sum fused into the last product.
+    """
 
     def __init__(self, dim: int, expansion_factor: float):
         super().__init__()
@@ -101,9 +203,13 @@ class GatedFeedForward(nn.Module):
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=False)
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, content = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(gate) * content)
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        gate, content = self.dwconv(pointwise(x, self.project_in)).chunk(2, dim=1)
+        if torch.is_grad_enabled():
+            gated = F.gelu(gate) * content
+        else:  # no graph to keep: GELU and gating in place, in the first half (read in place by the product)
+            gated = torch.ops.aten.gelu_(gate).mul_(content)
+        return pointwise(gated, self.project_out, residual)
 
 
 class TransformerBlock(nn.Module):
@@ -117,8 +223,8 @@ class TransformerBlock(nn.Module):
         self.ffn = GatedFeedForward(dim, ffn_expansion_factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        x = self.attn(self.norm1(x), residual=x)
+        return self.ffn(self.norm2(x), residual=x)
 
 
 class Downsample(nn.Module):
@@ -141,3 +247,21 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+
+def store_weights_channels_last(network: nn.Module, convolved_1x1: Iterable[nn.Module] = ()) -> None:
+    """Store ``network``'s 3x3 (k x k, k > 1) weights, and the 1x1 weights of the ``convolved_1x1`` modules
+    (1x1 convolutions run as convolutions, e.g. with a stride or a bias), in the activations' channels-last layout.
+
+    Their gradients then come out with the parameters' strides, so DDP's gradient buckets (laid out like
+    the parameters) take them without a copy and without the "Grad strides do not match" warning.
+    1x1 weights stay contiguous: they run as matrix products (:func:`pointwise`), whose weight gradients
+    are contiguous (both layouts order a (C_out, C_in, 1, 1) weight's memory the same way; only the
+    strides of the size-1 dimensions differ, which DDP compares too). Freshly allocated:
+    ``.contiguous(memory_format=...)`` keeps a depthwise (C, 1, 3, 3) weight's contiguous strides.
+    Values and state-dict keys are unchanged.
+    """
+    convolved = {id(parameter) for module in convolved_1x1 for parameter in module.parameters()}
+    for parameter in network.parameters():
+        if parameter.dim() == 4 and (parameter.shape[-2:] != (1, 1) or id(parameter) in convolved):
+            parameter.data = torch.empty_like(parameter.data, memory_format=torch.channels_last).copy_(parameter.data)

@@ -21,7 +21,8 @@ Differences from the official code, none of which change the output for its vali
 - any H, W: the input is mirror-padded to a multiple of 8 and the output cropped back;
 - ``degradation=None`` mixes the degradation keys with equal weights (the paper's "w/o CLIP"
   setting, where the official code raises an error);
-- 4-D weights are stored channels-last, like the activations (same values and state-dict keys);
+- 1x1 convolutions run as matrix products on the channels-last activations; the other 4-D weights
+  are stored channels-last, like the activations (same values and state-dict keys);
 - parameter names say what things are. Official state dicts are renamed by
   :mod:`vlunet.utils.official_checkpoint` (``prompt_param`` -> ``degradation_keys``, ``r`` ->
   ``step_size``, ``phi``/``phit`` -> ``degradation_operator``/``adjoint_operator``, ``linear`` ->
@@ -37,7 +38,7 @@ from torch import nn
 
 from vlunet.archs.gradient_step import DegradationGuidedGradientStep
 from vlunet.archs.padding import crop_to, pad_to_multiple
-from vlunet.archs.restormer_blocks import Downsample, TransformerBlock, Upsample
+from vlunet.archs.restormer_blocks import Downsample, TransformerBlock, Upsample, pointwise, store_weights_channels_last
 from vlunet.archs.state_dict_mismatch import state_dict_mismatch_message
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
@@ -157,19 +158,7 @@ class VLUNet(nn.Module):
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=False)
         # The quirk's weights never get a gradient: not trainable (DDP needs every trainable parameter used).
         self.unused_degraded_down1_2.requires_grad_(False)
-        self._store_weights_channels_last()
-
-    def _store_weights_channels_last(self) -> None:
-        """4-D weights in the activations' channels-last layout: their gradients come out with the same
-        strides, so DDP's gradient buckets (laid out like the parameters) take them without a copy.
-
-        Freshly allocated: ``.contiguous(memory_format=...)`` keeps a depthwise (C, 1, 3, 3) weight's
-        contiguous strides (the layouts differ only in the size-1 dimension), which DDP compares too.
-        """
-        for parameter in self.parameters():
-            if parameter.dim() == 4:
-                parameter.data = torch.empty_like(parameter.data, memory_format=torch.channels_last).copy_(
-                    parameter.data)
+        store_weights_channels_last(self)
 
     def degraded_features(self, image: torch.Tensor) -> DegradedFeatures:
         """The y branch: features of the (padded) input image for every stage; independent of d."""
@@ -177,8 +166,10 @@ class VLUNet(nn.Module):
         level2 = self.down1_2(level1)  # official quirk: the estimate branch's downsampler
         level3 = self.degraded_down2_3(level2)
         latent = self.degraded_down3_4(level3)
-        decoder3 = self.degraded_reduce_chan_level3(torch.cat([self.degraded_up4_3(latent), level3], dim=1))
-        decoder2 = self.degraded_reduce_chan_level2(torch.cat([self.degraded_up3_2(decoder3), level2], dim=1))
+        decoder3 = pointwise(torch.cat([self.degraded_up4_3(latent), level3], dim=1),
+                             self.degraded_reduce_chan_level3)
+        decoder2 = pointwise(torch.cat([self.degraded_up3_2(decoder3), level2], dim=1),
+                             self.degraded_reduce_chan_level2)
         decoder1 = torch.cat([self.degraded_up2_1(decoder2), level1], dim=1)
         return DegradedFeatures(level1, level2, level3, latent, decoder3, decoder2, decoder1)
 
@@ -205,9 +196,9 @@ class VLUNet(nn.Module):
         level3 = self.encoder_level3(self.down2_3(level2), y.level3, degradation)
         latent = self.latent(self.down3_4(level3), y.latent, degradation)
 
-        decoder3 = self.reduce_chan_level3(torch.cat([self.up4_3(latent), level3], dim=1))
+        decoder3 = pointwise(torch.cat([self.up4_3(latent), level3], dim=1), self.reduce_chan_level3)
         decoder3 = self.decoder_level3(decoder3, y.decoder3, degradation)
-        decoder2 = self.reduce_chan_level2(torch.cat([self.up3_2(decoder3), level2], dim=1))
+        decoder2 = pointwise(torch.cat([self.up3_2(decoder3), level2], dim=1), self.reduce_chan_level2)
         decoder2 = self.decoder_level2(decoder2, y.decoder2, degradation)
         decoder1 = self.decoder_level1(torch.cat([self.up2_1(decoder2), level1], dim=1), y.decoder1, degradation)
         refined = self.refinement(decoder1, y.decoder1, degradation)

@@ -38,7 +38,8 @@ def metric_input(function: Callable) -> str:
     return getattr(function, 'metric_input', UINT8_BGR)
 
 
-def _clipped_pair(img: np.ndarray, img2: np.ndarray, crop_border: int) -> Tuple[np.ndarray, np.ndarray]:
+def clipped_float_rgb_pair(img: np.ndarray, img2: np.ndarray, crop_border: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Two float (H, W, C) images of one shape, ``crop_border`` pixels cut from each side, clipped to [0, 1]."""
     if img.shape != img2.shape or img.ndim != 3:
         raise ValueError(f'float-RGB metrics need two (H, W, C) images of the same shape, got {img.shape} '
                          f'and {img2.shape}.')
@@ -55,7 +56,7 @@ def _clipped_pair(img: np.ndarray, img2: np.ndarray, crop_border: int) -> Tuple[
 @float_rgb_metric
 def calculate_psnr_float_rgb(img: np.ndarray, img2: np.ndarray, crop_border: int = 0, **kwargs) -> float:
     """PSNR (dB) of float RGB images (H, W, 3) in [0, 1]; ``img2`` is the reference. Identical images: inf."""
-    img, img2 = _clipped_pair(img, img2, crop_border)
+    img, img2 = clipped_float_rgb_pair(img, img2, crop_border)
     mse = np.mean((img2.astype(np.float64) - img) ** 2)
     if mse == 0:
         return float('inf')
@@ -67,6 +68,6 @@ def calculate_psnr_float_rgb(img: np.ndarray, img2: np.ndarray, crop_border: int
 @float_rgb_metric
 def calculate_ssim_float_rgb(img: np.ndarray, img2: np.ndarray, crop_border: int = 0, **kwargs) -> float:
     """SSIM of float RGB images (H, W, 3) in [0, 1]: scikit-image defaults, mean over channels."""
-    img, img2 = _clipped_pair(img, img2, crop_border)
+    img, img2 = clipped_float_rgb_pair(img, img2, crop_border)
     from skimage.metrics import structural_similarity  # on use: keeps `import vlunet` light
     return float(structural_similarity(img2, img, data_range=1, channel_axis=2))

@@ -7,6 +7,12 @@ its gradient-step modules; another network may, e.g., add a projection of d to i
 ``degradation_encoder`` absent or null the model calls ``net_g(lq)``, so plain BasicSR networks work
 and VLUNet runs its "w/o CLIP" setting.
 
+A network may declare the guidance it takes in a ``guidance_inputs`` attribute, a tuple of
+``'degradation'`` and ``'content'`` (e.g. NAFNetDACLIP; empty for its plain-NAFNet setting). It then gets
+exactly those keywords, and needs an encoder that computes them: ``content=`` is DA-CLIP's content
+embedding, from ``encode(images) -> (content, degradation)`` (DACLIP). Networks that declare nothing
+get ``degradation=`` whenever there is an encoder, as above.
+
 The encoder lives outside ``net_g``: it is never optimised, never in the EMA copy, never written to
 checkpoints, and its weights (``path.pretrain_network_degradation_encoder``) are re-read from the
 same file on resume (see :mod:`vlunet.models.degradation_encoder`).
@@ -19,9 +25,10 @@ Beyond SRModel:
 - optional mixed precision (top-level ``amp: {enabled, dtype}``: bf16 on CPU/CUDA, fp16 on CUDA
   with a GradScaler whose state is kept in the training state for resume) and ``compile: true``
   (``torch.compile`` of the training forward), both off by default (:mod:`vlunet.utils.precision`);
-- validation/testing with optional tiling (top-level ``tile: {size, overlap}``, see
+- validation/testing with optional tiling (top-level ``tile: auto`` or ``{size, overlap, batch}``, see
   :mod:`vlunet.utils.tiling`; d is computed once from the whole image and passed to every tile),
-  BasicSR uint8 metrics and float-RGB metrics (:mod:`vlunet.metrics.restoration_metric`), images
+  BasicSR uint8 metrics and float-RGB metrics (:mod:`vlunet.metrics.restoration_metric`), dataset-level
+  metrics such as FID (one value per set, :mod:`vlunet.metrics.dataset_level`), images
   sharded across ranks with summed metrics in distributed runs, and, when testing, a per-dataset
   results table ``results/<name>/results.md`` and ``results.csv`` refreshed after every dataset
   (logged once, after the last);
@@ -32,7 +39,7 @@ Beyond SRModel:
 from collections import OrderedDict
 from functools import partial
 from os import path as osp
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -44,6 +51,7 @@ from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 from torch import distributed, nn
 from tqdm import tqdm
 
+from vlunet.metrics.dataset_level import DatasetMetric, build_dataset_metrics, dataset_metric_values
 from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
 from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder
 from vlunet.models.validation_record import ValidationRecord
@@ -51,10 +59,13 @@ from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
 from vlunet.utils.console_log import drop_messages
 from vlunet.utils.precision import autocast, compile_network, make_grad_scaler, parse_amp_options
 from vlunet.utils.results_table import format_markdown, write_results_table
-from vlunet.utils.tiling import parse_tile_options, restore
+from vlunet.utils.memory_model import network_memory_key
+from vlunet.utils.tiling import TilePlan, parse_tile_options, repeat_per_tile, restore, tile_problems
 
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
 MULTIPLE_VALIDATION_WARNING = 'Multiple validation datasets are *only* supported by SRModel.'  # BasicSR's
+GUIDANCE_INPUTS = ('degradation', 'content')  # keywords a network can declare in its guidance_inputs
+UNDECLARED_GUIDANCE = ('degradation',)  # a network without guidance_inputs may take d (VLUNet: optional)
 
 
 def optimizer_problems(key: str, section: object) -> List[str]:
@@ -76,8 +87,9 @@ class VLUNetModel(SRModel):
 
     @staticmethod
     def check_options(opt: dict, is_train: bool) -> List[str]:
-        """Problems of the options found before a run (:mod:`vlunet.options`): the optimizer of ``net_g``."""
-        return optimizer_problems('train.optim_g', (opt.get('train') or {}).get('optim_g')) if is_train else []
+        """Problems of the options found before a run (:mod:`vlunet.options`): the optimizer of ``net_g``, ``tile``."""
+        optimizer = optimizer_problems('train.optim_g', (opt.get('train') or {}).get('optim_g')) if is_train else []
+        return optimizer + tile_problems(opt.get('tile'))
 
     def __init__(self, opt: dict):
         super().__init__(opt)
@@ -87,9 +99,12 @@ class VLUNetModel(SRModel):
         self.degradation_encoder = build_degradation_encoder(
             opt.get('degradation_encoder'), opt['path'].get(WEIGHTS_KEY), self.device)
         self.degradation: Optional[torch.Tensor] = None
+        self.content: Optional[torch.Tensor] = None  # DA-CLIP content embedding, for networks that take content=
+        self.guidance_inputs = self._guidance_inputs()
         self.tile = parse_tile_options(opt.get('tile'))
-        self.size_multiple = (opt.get('tile') or {}).get('size_multiple') or getattr(
+        self.size_multiple = (opt['tile'] if isinstance(opt.get('tile'), dict) else {}).get('size_multiple') or getattr(
             self.get_bare_model(self.net_g), 'size_multiple', 1)
+        self.logged_tiles: Optional[tuple] = None  # (tile size, batch) of the last plan logged
         self.dataset_results: Dict[str, Dict[str, float]] = OrderedDict()
         self.dataset_image_counts: Dict[str, int] = OrderedDict()
         self.dataset_protocols: Dict[str, Optional[str]] = {}  # how each test set's inputs were made
@@ -128,6 +143,28 @@ class VLUNetModel(SRModel):
         self.optimizer_g = self.get_optimizer(optim_opt.pop('type'), params, **optim_opt)
         self.optimizers.append(self.optimizer_g)
 
+    def _guidance_inputs(self) -> Tuple[str, ...]:
+        """net_g's declared ``guidance_inputs`` (checked against the encoder), else :data:`UNDECLARED_GUIDANCE`."""
+        net = self.get_bare_model(self.net_g)
+        declared = getattr(net, 'guidance_inputs', None)
+        if declared is None:
+            return UNDECLARED_GUIDANCE
+        name, declared = type(net).__name__, tuple(declared)
+        unknown = sorted(set(declared) - set(GUIDANCE_INPUTS))
+        if unknown:
+            raise ValueError(f'network_g: {name}.guidance_inputs has unknown names {unknown}; known: '
+                             f'{", ".join(GUIDANCE_INPUTS)}.')
+        if declared and self.degradation_encoder is None:
+            raise ValueError(f'network_g: {name} takes {" and ".join(declared)} embeddings from a degradation encoder: '
+                             'set degradation_encoder (e.g. {type: DACLIP}) or turn that guidance off in network_g.')
+        if 'content' in declared and not callable(getattr(self.degradation_encoder, 'encode', None)):
+            raise TypeError(f'degradation_encoder.type: {type(self.degradation_encoder).__name__} has no '
+                            f'encode(images) -> (content, degradation) method, which network_g {name} needs for '
+                            'its content embedding (use DACLIP).')
+        if not declared and self.degradation_encoder is not None:
+            get_root_logger().warning(f'network_g: {name} takes no guidance, so degradation_encoder is not used.')
+        return declared
+
     def encode_degradation(self, images: torch.Tensor) -> Optional[torch.Tensor]:
         """d (B, D) of ``images`` (B, 3, H, W) in [0, 1] from the frozen encoder, or None without one."""
         if self.degradation_encoder is None:
@@ -135,16 +172,24 @@ class VLUNetModel(SRModel):
         with torch.no_grad():
             return self.degradation_encoder.encode_degradation(images)
 
+    def encode_content_and_degradation(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(c, d), each (B, D), of ``images`` (B, 3, H, W) in [0, 1] from the frozen encoder's ``encode`` (DA-CLIP)."""
+        with torch.no_grad():
+            return tuple(self.degradation_encoder.encode(images))
+
     def guided_forward(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """``net(images, degradation=d)`` with the d of the current batch, or ``net(images)`` without CLIP."""
-        if self.degradation is None:
-            return net(images)
-        return net(images, degradation=self.degradation)
+        """``net(images, **guidance)``: of d and c of the current batch, those net_g takes and the encoder gave."""
+        available = {'degradation': self.degradation, 'content': self.content}
+        return net(images, **{name: repeat_per_tile(available[name], images.shape[0])  # k tiles stacked: k copies
+                              for name in self.guidance_inputs if available[name] is not None})
 
     def feed_data(self, data: dict) -> None:
-        """Take ``lq`` (B, 3, H, W), optional ``gt``; compute d once for the whole (untiled) batch."""
+        """Take ``lq`` (B, 3, H, W), optional ``gt``; compute the guidance once for the whole (untiled) batch."""
         super().feed_data(data)
-        self.degradation = self.encode_degradation(self.lq)
+        if 'content' in self.guidance_inputs:
+            self.content, self.degradation = self.encode_content_and_degradation(self.lq)
+        elif 'degradation' in self.guidance_inputs:
+            self.degradation = self.encode_degradation(self.lq)
 
     def _losses(self) -> Dict[str, torch.Tensor]:
         losses = OrderedDict()
@@ -185,16 +230,32 @@ class VLUNetModel(SRModel):
         was_training = net.training
         net.eval()
         with torch.no_grad(), autocast(self.amp, self.device):
-            self.output = restore(partial(self.guided_forward, net), self.lq, self.tile, self.size_multiple).float()
+            self.output = restore(partial(self.guided_forward, net), self.lq, self.tile, self.size_multiple,
+                                  memory_key=network_memory_key(net, self.device), on_plan=self._log_tile_plan).float()
         net.train(was_training)
 
-    def _metric_values(self) -> torch.Tensor:
-        """Every ``val.metrics`` entry for the current output/gt pair, in option order (float64 tensor)."""
+    def _log_tile_plan(self, plan: TilePlan) -> None:
+        """Log how images are restored (whole, tile size, tiles per forward) when it changes."""
+        if (plan.size, plan.batch) != self.logged_tiles:
+            self.logged_tiles = (plan.size, plan.batch)
+            get_root_logger().info(f'Inference: {plan}.')
+
+    def _metric_values(self, dataset_metrics: Optional[Dict[str, DatasetMetric]] = None) -> torch.Tensor:
+        """Every ``val.metrics`` entry for the current output/gt pair, in option order (float64 tensor).
+
+        A metric in ``dataset_metrics`` takes the pair into its statistics instead and gets 0 here.
+        """
         output, gt = self.output.detach().cpu(), self.gt.detach().cpu()
         arrays = {FLOAT_RGB: {'img': _float_rgb(output), 'img2': _float_rgb(gt)},
                   UINT8_BGR: {'img': tensor2img([output]), 'img2': tensor2img([gt])}}
-        values = [calculate_metric(arrays[metric_input(METRIC_REGISTRY.get(metric_opt['type']))], metric_opt)
-                  for metric_opt in self.opt['val']['metrics'].values()]
+        dataset_metrics, values = dataset_metrics or {}, []
+        for name, metric_opt in self.opt['val']['metrics'].items():
+            data = arrays[metric_input(METRIC_REGISTRY.get(metric_opt['type']))]
+            if name in dataset_metrics:
+                dataset_metrics[name].add(**data)
+                values.append(0.0)
+            else:
+                values.append(calculate_metric(data, metric_opt))
         return torch.tensor(values, dtype=torch.float64)
 
     def _image_path(self, image_name: str, dataset_name: str, current_iter) -> str:
@@ -216,6 +277,7 @@ class VLUNetModel(SRModel):
         rank, world_size = get_dist_info()
         indices = range(rank, len(dataset), world_size)
         sums = torch.zeros(len(metric_opts) + 1, dtype=torch.float64)  # metric sums, then the image count
+        dataset_metrics = build_dataset_metrics(metric_opts)  # FID & co.: statistics of the whole set
         show_progress = rank == 0 and self.opt['val'].get('pbar', False)
         for index in tqdm(indices, unit='image', desc=f'Test {dataset_name}', disable=not show_progress):
             data = dataloader.collate_fn([dataset[index]])
@@ -226,25 +288,28 @@ class VLUNetModel(SRModel):
                 atomic_imwrite(tensor2img([self.output.detach().cpu()]),
                                self._image_path(image_name, dataset_name, current_iter))
             if metric_opts and 'gt' in data:
-                sums += torch.cat([self._metric_values(), torch.ones(1, dtype=torch.float64)])
+                sums += torch.cat([self._metric_values(dataset_metrics), torch.ones(1, dtype=torch.float64)])
             del self.lq, self.output
             self.__dict__.pop('gt', None)
         if world_size > 1:
             sums = sums.to(self.device)
             distributed.all_reduce(sums)
         if metric_opts:
-            self._record_metrics(dataset_name, sums.cpu(), current_iter, tb_logger)
+            dataset_values = dataset_metric_values(dataset_metrics, self.device)  # collective: on every rank
+            self._record_metrics(dataset_name, sums.cpu(), current_iter, tb_logger, dataset_values)
         if not self.is_train:
             self.tested_sets += 1
             if self.tested_sets >= len(self.opt.get('datasets') or {}) and self.dataset_results:
                 self._log_results_table()
 
-    def _record_metrics(self, dataset_name: str, sums: torch.Tensor, current_iter, tb_logger) -> None:
+    def _record_metrics(self, dataset_name: str, sums: torch.Tensor, current_iter, tb_logger,
+                        dataset_values: Optional[Dict[str, float]] = None) -> None:
         count = int(sums[-1])
         if count == 0:
             get_root_logger().warning(f'Validation {dataset_name}: no image with a ground truth, no metrics.')
             return
         self.metric_results = {name: float(total) / count for name, total in zip(self.opt['val']['metrics'], sums)}
+        self.metric_results.update(dataset_values or {})
         if self.is_train:  # the best value and its iteration; a test has one value per set
             self._initialize_best_metric_results(dataset_name)
             for name, value in self.metric_results.items():

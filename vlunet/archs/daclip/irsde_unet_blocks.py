@@ -122,6 +122,24 @@ class TimeConditionedResBlock(nn.Module):
         return self.block2(self.block1(x, scale, shift)) + self.res_conv(x)
 
 
+class DegradationPrompt(nn.Module):
+    """DA-CLIP's prompt module: ``prompt_mlp(softmax(text_mlp(d)) ⊙ prompt)``, the softmax over the channels.
+
+    Shapes: degradation embedding d (B, context_dim) -> (B, dim). ``prompt`` (1, dim) starts uniform in
+    [0, 1). ConditionalUNet holds the same three parameters itself (the release's state-dict names) and
+    adds the result to its time embedding; NAFNetDACLIP uses this module.
+    """
+
+    def __init__(self, context_dim: int, dim: int):
+        super().__init__()
+        self.prompt = nn.Parameter(torch.rand(1, dim))
+        self.text_mlp = nn.Sequential(nn.Linear(context_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.prompt_mlp = nn.Linear(dim, dim)
+
+    def forward(self, degradation: torch.Tensor) -> torch.Tensor:
+        return self.prompt_mlp(torch.softmax(self.text_mlp(degradation), dim=1) * self.prompt)
+
+
 class LinearAttention(nn.Module):
     """Linear attention (softmax over channels for q, over positions for k), 4 heads × 32; ``context`` is ignored.
 
