@@ -62,6 +62,9 @@ setup(
         'pyyaml',
         'lmdb',          # io_backend: {type: lmdb}
         'tensorboard',   # logger.use_tb_logger: true
+        'psutil',        # tile: auto on CPU: available RAM on every OS
+        'timm',          # Perceive-IR's DINO-v2 (already a dependency of open_clip_torch)
+        'safetensors',   # local .safetensors weight files (already a dependency of timm)
     ],
     extras_require={
         # the export tests run the ONNX path too; the metric packages are small (54 KB + 86 KB wheels)

@@ -6,8 +6,10 @@ Usage:
     python scripts/model_stats.py --arch-json '{"type": "VLUNet", "de_dim": 5}' --runs 5
 
 MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (no compute):
-convolutions *and* the attention matrix products (MACs = FLOPs / 2). ``conv`` is the convolution-only
-figure that tools such as thop report. Latency is the median of ``--runs`` forward passes of a
+what this implementation computes (MACs = FLOPs / 2), split into ``conv`` (k x k convolutions) and
+``matmul`` (matrix products: the 1x1 convolutions, which run as products, and the attention). VLU-Net's
+official computation is 186.25 GMACs at 256x256; this implementation computes 177.35 (the attention's
+output projection is merged into the small attention matrix, see README "Performance"). Latency is the median of ``--runs`` forward passes of a
 1x3xSxS random image (batch 1, inference mode) on ``--device``, after one warm-up pass, using
 ``torch.get_num_threads()`` CPU threads (set ``OMP_NUM_THREADS`` to change them).
 """
@@ -28,7 +30,7 @@ from basicsr.archs import build_network
 from vlunet.options import OptionError, load_option_file
 
 CONV_OPS = ('aten.convolution',)
-ATTENTION_OPS = ('aten.bmm',)
+MATMUL_OPS = ('aten.mm', 'aten.addmm', 'aten.bmm', 'aten.baddbmm')
 
 
 def network_options(option_file: Optional[str], arch_json: Optional[str]) -> dict:
@@ -54,7 +56,7 @@ def example_inputs(net: nn.Module, size: int, device: torch.device) -> tuple:
 
 
 def count_macs(net_opt: dict, size: int) -> Dict[str, float]:
-    """{'total', 'conv', 'attention', 'other'} multiply-accumulates of one forward pass (meta device)."""
+    """{'total', 'conv', 'matmul', 'other'} multiply-accumulates of one forward pass (meta device)."""
     with torch.device('meta'):
         net = build_network(dict(net_opt)).eval()
         inputs = example_inputs(net, size, torch.device('meta'))
@@ -62,9 +64,9 @@ def count_macs(net_opt: dict, size: int) -> Dict[str, float]:
         net(*inputs)
     flops = {str(op): count for op, count in counter.get_flop_counts()['Global'].items()}
     conv = sum(flops.get(op, 0) for op in CONV_OPS) / 2
-    attention = sum(flops.get(op, 0) for op in ATTENTION_OPS) / 2
+    matmul = sum(flops.get(op, 0) for op in MATMUL_OPS) / 2
     total = counter.get_total_flops() / 2
-    return {'total': total, 'conv': conv, 'attention': attention, 'other': total - conv - attention}
+    return {'total': total, 'conv': conv, 'matmul': matmul, 'other': total - conv - matmul}
 
 
 def median_latency(net: nn.Module, size: int, runs: int, device: torch.device) -> float:
@@ -88,12 +90,12 @@ def report(net_opt: dict, sizes: List[int], runs: int, device: torch.device) -> 
     with torch.device('meta'):
         params = sum(p.numel() for p in build_network(dict(net_opt)).parameters())
     lines = [f'network: {json.dumps(net_opt)}', f'parameters: {params:,} ({params / 1e6:.2f} M)',
-             f'{"size":>9} {"GMACs":>9} {"conv":>9} {"attention":>9} {"other":>7} {"latency":>12}']
+             f'{"size":>9} {"GMACs":>9} {"conv":>9} {"matmul":>9} {"other":>7} {"latency":>12}']
     net = build_network(dict(net_opt)).to(device).eval() if runs > 0 else None
     for size in sizes:
         macs = {key: value / 1e9 for key, value in count_macs(net_opt, size).items()}
         latency = (f'{median_latency(net, size, runs, device) * 1e3:9.1f} ms' if net is not None else '           -')
-        lines.append(f'{size:>4}x{size:<4} {macs["total"]:9.2f} {macs["conv"]:9.2f} {macs["attention"]:9.2f} '
+        lines.append(f'{size:>4}x{size:<4} {macs["total"]:9.2f} {macs["conv"]:9.2f} {macs["matmul"]:9.2f} '
                      f'{macs["other"]:7.3f} {latency}')
     if net is not None:
         threads = f', {torch.get_num_threads()} threads' if device.type == 'cpu' else ''

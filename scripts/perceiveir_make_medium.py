@@ -1,7 +1,7 @@
 """Perceive-IR medium-quality images by two-fold cross-validation (paper Sec. III-B), in two commands.
 
 1. ``split``: write the two folds of each training meta-info file (stable SHA-1 split, equal halves;
-   :mod:`vlunet.data.perceiveir_folds`)::
+   :mod:`vlunet.data.perceiveir.perceiveir_folds`)::
 
        python scripts/perceiveir_make_medium.py split datasets/meta_info/denoise_train.txt \\
            datasets/meta_info/derain_rain100l_train.txt ... --out datasets/meta_info/perceiveir_folds
@@ -21,7 +21,7 @@
    path>.png`` (degradation seeded by ``--seed`` and the image name, quantised to 8 bits before
    restoring). Each run writes ``<out>/meta_info_restored_by_<option name>.txt`` and rewrites
    ``<out>/meta_info.txt``, the union of these, the ``meta_info_file`` of
-   :class:`vlunet.data.perceiveir_triplet_dataset.QualityTripletDataset` (``degraded,medium,gt``
+   :class:`vlunet.data.perceiveir.perceiveir_triplet_dataset.QualityTripletDataset` (``degraded,medium,gt``
    relative to ``<out>``).
 """
 import argparse
@@ -38,8 +38,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from vlunet.data.pair_sources import resolve_source  # noqa: E402
-from vlunet.data.perceiveir_folds import other_fold_file, split_meta_info_file  # noqa: E402
-from vlunet.data.perceiveir_triplet_dataset import format_triplet_meta_info  # noqa: E402
+from vlunet.data.perceiveir.perceiveir_folds import other_fold_file, split_meta_info_file  # noqa: E402
+from vlunet.data.perceiveir.perceiveir_triplet_dataset import format_triplet_meta_info  # noqa: E402
 from vlunet.data.synthetic_degradations import apply_degradations  # noqa: E402
 from vlunet.inference import build_restoration_network, load_image, resolve_device, save_image  # noqa: E402
 from vlunet.options import load_option_file  # noqa: E402

@@ -7,7 +7,7 @@ from conftest import smooth_image, write_image
 from torch.utils.data import DataLoader
 
 import vlunet  # noqa: F401
-from vlunet.data.daclip_captions import read_captions
+from vlunet.data.daclip.daclip_captions import read_captions
 from vlunet.data.mixed_degradation_dataset import MixedDegradationDataset
 from vlunet.data.pair_sources import resolve_source
 

@@ -18,7 +18,7 @@ from test_daclip import TINY_DACLIP_CONFIG, TINY_DACLIP_NAME
 import vlunet  # noqa: F401
 from basicsr.utils.registry import MODEL_REGISTRY
 from vlunet.losses.daclip_loss import DACLIPLoss
-from vlunet.models.daclip_model import WarmupCosineSchedule
+from vlunet.models.daclip.daclip_model import WarmupCosineSchedule
 
 NAMES = ['noisy', 'hazy', 'low-light']
 DEGRADATIONS = [{'type': 'gaussian_noise', 'sigma': 50}, {'type': 'haze'}, {'type': 'low_light'}]

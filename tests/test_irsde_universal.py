@@ -14,7 +14,7 @@ from conftest import REPO_ROOT, load_script, smooth_image, write_image
 import vlunet  # noqa: F401
 from basicsr.archs import build_network
 from basicsr.utils.registry import MODEL_REGISTRY
-from vlunet.data.daclip_universal_dataset import DACLIP_DEGRADATIONS, PAPER_NAMES, DAClipUniversalDataset
+from vlunet.data.daclip.daclip_universal_dataset import DACLIP_DEGRADATIONS, PAPER_NAMES, DAClipUniversalDataset
 from vlunet.inference import Restorer
 from vlunet.options import load_option_file
 from vlunet.utils.daclip.irsde_restore import encode_contexts

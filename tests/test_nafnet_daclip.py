@@ -95,7 +95,8 @@ def test_guidance_off_is_nafnet(size):
     with torch.no_grad():
         expected = _reference_nafnet(plain.state_dict(), image, TINY['enc_blk_nums'], TINY['middle_blk_num'],
                                      TINY['dec_blk_nums'])
-        assert torch.allclose(plain(image), expected, atol=1e-5)
+        scale = float(expected.abs().max())  # outputs reach ~60: float32 rounding of the sums is ~1e-5 absolute
+        assert torch.allclose(plain(image), expected, rtol=0, atol=1e-6 * scale)
         assert torch.equal(off.eval()(image), plain(image))
     with pytest.raises(ValueError, match='use_degra_context is off'):
         plain(image, degradation=torch.zeros(2, CONTEXT_DIM))

@@ -21,7 +21,7 @@ from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.options import parse_options
-from vlunet.data.daclip_universal_dataset import universal_tasks
+from vlunet.data.daclip.daclip_universal_dataset import universal_tasks
 from vlunet.options import check_option_file, load_option_file
 
 OPTION_FILES = sorted(osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO_ROOT, 'options', '**', '*.yml'),

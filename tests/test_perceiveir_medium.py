@@ -12,8 +12,8 @@ from conftest import REPO_ROOT, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from vlunet.archs.restormer_arch import Restormer
-from vlunet.data.perceiveir_folds import fold_of_keys, line_key, other_fold_file, split_meta_info_file
-from vlunet.data.perceiveir_triplet_dataset import QualityTripletDataset
+from vlunet.data.perceiveir.perceiveir_folds import fold_of_keys, line_key, other_fold_file, split_meta_info_file
+from vlunet.data.perceiveir.perceiveir_triplet_dataset import QualityTripletDataset
 
 SCRIPT = osp.join(REPO_ROOT, 'scripts', 'perceiveir_make_medium.py')
 RESTORE = ['restore', '--opt', 'fold0.yml', '--weights', 'fold0.pth', '--out', 'medium', '--device', 'cpu']

@@ -14,9 +14,9 @@ import yaml
 from conftest import TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
-from vlunet.data.perceiveir_restoration_dataset import PerceiveIRRestorationDataset
+from vlunet.data.perceiveir.perceiveir_restoration_dataset import PerceiveIRRestorationDataset
 from vlunet.losses.perceiveir_perceptual_loss import difficulty_weights
-from vlunet.models.perceiveir_difficulty_probe import DifficultyProbe, psnr_per_image
+from vlunet.models.perceiveir.perceiveir_difficulty_probe import DifficultyProbe, psnr_per_image
 
 SIZE = (40, 44)  # height, width of the generated images
 PROXY_SCALE = 0.5  # proxies are gt * 0.5: a pixel-wise relation that survives identical crops and flips
@@ -192,7 +192,7 @@ def test_each_auxiliary_loss_is_optional_and_l_dpl_gets_the_probe_weights(data_r
 
 
 def test_option_problems_name_the_key():
-    from vlunet.models.perceiveir_model import PerceiveIRModel
+    from vlunet.models.perceiveir.perceiveir_model import PerceiveIRModel
     opt = {'datasets': {'train': {'type': 'MixedDegradationDataset'}},
            'degradation_encoder': {'type': 'DegradationCLIP'},
            'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3}, 'contrastive_opt': {'type': 'X'},

@@ -56,7 +56,7 @@ from basicsr.utils import FileClient, img2tensor, tensor2img
 from torch import nn
 
 from vlunet.archs.daclip.daclip_arch import DACLIP
-from vlunet.data.daclip_universal_dataset import DACLIP_DEGRADATIONS
+from vlunet.data.daclip.daclip_universal_dataset import DACLIP_DEGRADATIONS
 from vlunet.data.image_io import read_image
 from vlunet.data.task_catalog import KNOWN_TASKS
 from vlunet.models.degradation_classification import OFFICIAL_SCORER, PromptScorer, read_scorer

@@ -40,7 +40,7 @@ rotations, with fixed degradations: each validation sees exactly the same images
 
 Sample: ``lq``, ``gt`` (float32 (3, gt_size, gt_size) RGB in [0, 1]), ``lq_path`` (the gt path for
 synthetic samples), ``gt_path``, ``task``, ``task_index``, ``text``; when any task gives ``captions``
-(:mod:`vlunet.data.daclip_captions`), also ``caption`` (``''`` where the file has none).
+(:mod:`vlunet.data.daclip.daclip_captions`), also ``caption`` (``''`` where the file has none).
 """
 import random
 from typing import Dict, List, Tuple
@@ -51,7 +51,7 @@ from basicsr.utils import FileClient, get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-from vlunet.data.daclip_captions import read_captions
+from vlunet.data.daclip.daclip_captions import read_captions
 from vlunet.data.image_io import (SMALL_IMAGE_MODES, centre_crop, check_same_size, fit_to_crop,
                                   optional_crop_to_multiple, read_image)
 from vlunet.data.pair_sources import PairSource, resolve_source, source_problems

@@ -19,8 +19,7 @@ Predictions are multiplied by :data:`MEMORY_MARGIN` for what the torch allocator
 C allocator's fragmentation and caches, CUDA's caching allocator).
 
 Budgets: :func:`available_memory` is free CUDA memory (``torch.cuda.mem_get_info`` plus what torch's
-caching allocator holds unused) or, on CPU, the system's available RAM (``psutil`` when installed,
-else ``MemAvailable`` from ``/proc/meminfo``), times :data:`AVAILABLE_FRACTION`;
+caching allocator holds unused) or, on CPU, the system's available RAM (``psutil``, on every OS), times :data:`AVAILABLE_FRACTION`;
 :func:`parse_memory_size` reads an explicit budget such as ``'2GB'``.
 """
 import contextlib
@@ -28,8 +27,9 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, Hashable, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Hashable, Iterator, Tuple, Union
 
+import psutil
 import torch
 from torch import nn
 
@@ -81,22 +81,6 @@ def parse_memory_size(value: Union[str, int, float], key: str = 'max_memory') ->
     return int(float(match.group(1)) * UNITS[unit])
 
 
-def _available_ram() -> Optional[int]:
-    try:
-        import psutil
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open('/proc/meminfo', encoding='ascii') as meminfo:
-            for line in meminfo:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def available_memory(device: torch.device) -> Tuple[int, str]:
     """(bytes a restoration may use on ``device``, where the figure comes from)."""
     device = torch.device(device)
@@ -105,9 +89,7 @@ def available_memory(device: torch.device) -> Tuple[int, str]:
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(AVAILABLE_FRACTION * (free + cached)), f'{AVAILABLE_FRACTION:.0%} of free memory on {device}'
     if device.type == 'cpu':
-        available = _available_ram()
-        if available is not None:
-            return int(AVAILABLE_FRACTION * available), f'{AVAILABLE_FRACTION:.0%} of available RAM'
+        return int(AVAILABLE_FRACTION * psutil.virtual_memory().available), f'{AVAILABLE_FRACTION:.0%} of available RAM'
     raise ValueError(f'cannot tell how much memory {device} has free; give a budget: tile: {{size: auto, '
                      'max_memory: 4GB}} (option file / Restorer) or --max-memory 4GB (scripts/inference.py).')
 

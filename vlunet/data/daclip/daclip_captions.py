@@ -78,7 +78,7 @@ def _caption_of_title(title: str, where: str) -> str:
 def read_captions(path: str) -> Captions:
     """Read a DA-CLIP CSV or a per-task captions file; ``ValueError`` names the file and line of a bad row."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f'captions file {path!r} does not exist (see vlunet/data/daclip_captions.py for '
+        raise FileNotFoundError(f'captions file {path!r} does not exist (see vlunet/data/daclip/daclip_captions.py for '
                                 'the formats and how to make one).')
     with open(path, encoding='utf-8', newline='') as f:
         rows = list(csv.reader(f, delimiter='\t', quoting=csv.QUOTE_NONE))

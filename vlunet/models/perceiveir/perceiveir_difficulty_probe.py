@@ -60,7 +60,7 @@ def probe_problems(probe: object) -> List[str]:
 class DifficultyProbe:
     """Measures the network and the proxies on a fixed probe set and gives L_dpl's (task, proxy) weights.
 
-    ``dataset``: a :class:`vlunet.data.perceiveir_restoration_dataset.PerceiveIRRestorationDataset`
+    ``dataset``: a :class:`vlunet.data.perceiveir.perceiveir_restoration_dataset.PerceiveIRRestorationDataset`
     outside the training phase; ``weigh(proxy_psnr, network_psnr) -> {proxy: weight}`` is the loss
     module's ``difficulty_weights``.
     """

@@ -27,7 +27,7 @@ A training step, with ``lq``/``gt`` (B, 3, H, W) from :class:`PerceiveIRRestorat
   with weights ``[1, O(task, proxy_1), ...]`` and mask ``[True, proxy_mask]``: the degraded input is the easy
   negative (the loss weights it by its ``easy_weight``, λ = 2), the proxies the hard / very-hard ones, re-weighted
   at every epoch start (``train.difficulty_probe``: ``every`` iterations, required with L_dpl)
-  by :class:`vlunet.models.perceiveir_difficulty_probe.DifficultyProbe` (its docstring says what an
+  by :class:`vlunet.models.perceiveir.perceiveir_difficulty_probe.DifficultyProbe` (its docstring says what an
   epoch and the average PSNR are).
 
 ``z⁺`` is computed by the bare network outside DDP's forward. This is safe under DDP: the CFE
@@ -56,7 +56,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
 from vlunet.losses.perceiveir_perceptual_loss import difficulty_weights
-from vlunet.models.perceiveir_difficulty_probe import DifficultyProbe, probe_problems
+from vlunet.models.perceiveir.perceiveir_difficulty_probe import DifficultyProbe, probe_problems
 from vlunet.models.vlunet_model import VLUNetModel
 from vlunet.utils.precision import autocast
 

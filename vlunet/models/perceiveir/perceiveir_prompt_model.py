@@ -12,7 +12,7 @@ Option file (see ``options/train_perceiveir_prompts.yml``)::
     val:
       metrics: {accuracy: {type: calculate_degradation_accuracy}}   # 3-way quality accuracy in %
 
-Batches come from :class:`vlunet.data.perceiveir_triplet_dataset.QualityTripletDataset`: ``lq``,
+Batches come from :class:`vlunet.data.perceiveir.perceiveir_triplet_dataset.QualityTripletDataset`: ``lq``,
 ``medium`` and ``gt`` (B, 3, H, W). The 3B images get the labels 0 (degraded: first word,
 "terrible"), 1 (medium: "mediocre") and 2 (ground truth: "excellent"), and the loss is Eq. 1:
 the cross-entropy of softmax(``logit_scale`` × cosine similarity to the three prompts), averaged

@@ -1,0 +1,1 @@
+"""DA-CLIP data: captioned degradation pairs for the encoder and the 10-task universal restoration set."""

@@ -1,0 +1,1 @@
+"""DA-CLIP models: the encoder (controller) training and IR-SDE restoration."""
