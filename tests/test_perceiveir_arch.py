@@ -219,3 +219,18 @@ def test_bad_images_are_named():
         net(torch.rand(1, 1, 8, 8))
     with pytest.raises(ValueError, match='float RGB'):
         net.degradation_representation(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_weights_have_the_layout_of_their_gradients():
+    """3x3 weights of the channels-last body are channels-last, the CFE's (NCHW input) stay contiguous: with
+    channels-last CFE weights, official-size training with two CFE passes corrupted torch's heap (2.14.1, CPU)."""
+    net = tiny()
+    body = [p for name, p in net.named_parameters() if p.dim() == 4 and p.shape[-1] == 3 and p.shape[1] > 1
+            and not name.startswith('cfe.')]
+    assert body and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in body)
+    assert all(p.is_contiguous() for name, p in net.named_parameters() if name.startswith('cfe.'))
+    images = torch.rand(2, 3, 24, 20)
+    restored, z = net(images, return_degradation=True)
+    (restored.mean() + (z * net.degradation_representation(torch.rand(2, 3, 24, 20))).sum()).backward()
+    mismatched = [name for name, p in net.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+    assert not mismatched  # DDP's buckets take every gradient without a copy or a warning

@@ -180,7 +180,9 @@ class PerceiveIR(nn.Module):
         self.decoder_level1 = guided(dim * 2, num_blocks[0], heads[0])
         self.refinement = _transformer_blocks(dim * 2, num_refinement_blocks, heads[0], ffn_expansion_factor)
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=False)
-        store_weights_channels_last(self, [block.shortcut for block in self.cfe.body])  # DDP: no stride copies
+        for name, child in self.named_children():  # DDP: gradients with the parameters' strides
+            if name != 'cfe':  # the CFE sees NCHW images; channels-last weights there corrupt torch's heap (2.14.1)
+                store_weights_channels_last(child)
 
     def _apply(self, fn, recurse: bool = True) -> 'PerceiveIR':
         """Moves/casts the unregistered frozen DINO with the network (``.to``, ``.cuda``, ``.half`` ...)."""
