@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT
+from daclip_official_reference import OfficialConditionalUNet
 
 import vlunet  # noqa: F401
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -25,12 +26,12 @@ from vlunet.utils.daclip.irsde_checkpoint import is_irsde_unet_file, network_con
 TINY = {'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16}
 
 
-def _randomised(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def _randomised(net: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
     """Random values everywhere (zero-initialised outputs included), so every path changes the output."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in net.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
     return net.eval()
 
 
@@ -163,6 +164,68 @@ def test_spatial_transformer_starts_as_identity_and_one_token_cross_attention_is
     torch.testing.assert_close(attention(tokens, context), expected, rtol=1e-5, atol=1e-6)
 
 
+def _release_and_ours(seed: int = 0, **config):
+    """The literal re-implementation of the release, randomised (std 0.05: outputs of ~10, the deepest paths
+    still count), and ours with its weights (strict load)."""
+    release = _randomised(OfficialConditionalUNet(**{**TINY, **config}), seed, std=0.05)
+    ours = ConditionalUNet(**{**TINY, **config})
+    ours.load_state_dict(release.state_dict(), strict=True)
+    return release, ours.eval()
+
+
+@pytest.mark.parametrize('height, width, time', [
+    (32, 48, torch.tensor([9, 9])), (21, 37, 9), (48, 16, 9.0), (17, 33, torch.tensor([3, 61]))])
+def test_matches_the_release_computation(height, width, time):
+    """Every optimisation (channels-last maps, merged linear attention, sub-pixel upsampling, in-place
+    modulation, one-token cross-attention) computes the release's function: sizes that are and are not
+    multiples of 16, ``time`` as a (B,) int tensor, a Python int and a Python float."""
+    release, ours = _release_and_ours()
+    xt, cond, text, image = _inputs(2, height, width)
+    with torch.no_grad():
+        expected = release(xt, cond, time, text, image)
+        assert_relative_close(ours(xt, cond, time, text, image), expected)
+        assert_relative_close(ours(xt, cond, time, None, image), release(xt, cond, time, None, image))
+
+
+def test_context_free_configuration_matches_the_release():
+    release, ours = _release_and_ours(use_degra_context=False, use_image_context=False)
+    xt, cond, _, _ = _inputs(1, 40, 24)
+    with torch.no_grad():
+        assert_relative_close(ours(xt, cond, 50), release(xt, cond, 50))
+
+
+def test_training_forward_and_gradients_match_the_release():
+    """With autograd nothing works in place: the output, the input gradient and every weight gradient agree."""
+    release, ours = _release_and_ours(seed=4)
+    xt, cond, text, image = _inputs(2, 24, 40)
+    results = []
+    for net in (release, ours):
+        state = xt.clone().requires_grad_()
+        out = net.train()(state, cond, torch.tensor([5, 70]), text, image)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), state.grad, {name: p.grad for name, p in net.named_parameters()}))
+    (out_release, grad_release, weights_release), (out_ours, grad_ours, weights_ours) = results
+    assert_relative_close(out_ours, out_release)
+    assert_relative_close(grad_ours, grad_release)
+    assert weights_ours.keys() == weights_release.keys()
+    scale = max(grad.abs().max().item() for grad in weights_release.values())
+    for name, grad in weights_release.items():  # some are exactly 0 (one-token attention's to_q, to_k)
+        torch.testing.assert_close(weights_ours[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_weights_have_the_layout_of_their_gradients():
+    """k x k weights are channels-last like the maps (the input convolution's stay contiguous: its input is
+    NCHW); after a backward pass every gradient has its parameter's strides (DDP's buckets: no copy, no warning)."""
+    net = _randomised(ConditionalUNet(**TINY))
+    assert net.init_conv.weight.is_contiguous()
+    assert net.downs[0][0].block1.proj.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not net.downs[0][0].block1.proj.weight.is_contiguous()
+    xt, cond, text, image = _inputs(2, 24, 20)
+    net.train()(xt, cond, torch.tensor([1, 2]), text, image).mean().backward()
+    mismatched = [name for name, p in net.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
+    assert not mismatched
+
+
 def test_bad_configurations_are_rejected_with_the_fix():
     with pytest.raises(ValueError, match='multiples of 32'):
         ConditionalUNet(nf=4, context_dim=16)
@@ -190,7 +253,7 @@ def _convert(tmp_path, state, name='universal-ir.pth') -> int:
 
 @pytest.mark.parametrize('layout', ['bare', 'ddp', 'ema_pytorch'])
 def test_conversion_writes_params_that_load_strictly_and_reproduce_the_outputs(tmp_path, capsys, layout):
-    original = _randomised(ConditionalUNet(**TINY), seed=3)
+    original = _randomised(OfficialConditionalUNet(**TINY), seed=3)  # the release's module tree
     state = OrderedDict(original.state_dict())  # the release saves the bare state dict
     if layout == 'ddp':
         state = OrderedDict((f'module.{k}', v) for k, v in state.items())
@@ -208,8 +271,7 @@ def test_conversion_writes_params_that_load_strictly_and_reproduce_the_outputs(t
     net.load_state_dict(converted['params'], strict=True)
     xt, cond, text, image = _inputs(1, 21, 18)
     with torch.no_grad():
-        torch.testing.assert_close(net.eval()(xt, cond, 4.0, text, image), original(xt, cond, 4.0, text, image),
-                                   rtol=0, atol=0)
+        assert_relative_close(net.eval()(xt, cond, 4.0, text, image), original(xt, cond, 4.0, text, image))
 
 
 def test_conversion_infers_the_released_and_context_free_configurations():

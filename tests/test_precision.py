@@ -87,3 +87,37 @@ def test_fp32_attention_is_the_fast_fp32_computation_bit_for_bit(heads):
         outputs.append(vh.transpose(1, 2) @ (cosine * temperature[head]).softmax(dim=-1).transpose(1, 2))
     expected = torch.cat(outputs, dim=2).view(1, 9, 9, 4).permute(0, 3, 1, 2)
     assert torch.equal(channel_attention(query, key, value, temperature, heads), expected)
+
+
+@pytest.fixture(scope='module')
+def irsde_unet_outputs():
+    """A 16-channel ConditionalUNet (seeded initialisation) at 256x256 and the release's computation of it:
+    fp32 and fp16/bf16 autocast outputs of both."""
+    from daclip_official_reference import OfficialConditionalUNet
+    from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
+    torch.manual_seed(0)
+    ours = ConditionalUNet(nf=16, context_dim=32).eval()
+    release = OfficialConditionalUNet(nf=16, context_dim=32).eval()
+    release.load_state_dict(ours.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    cond = torch.from_numpy(smooth_image(0, 256, 256)).permute(2, 0, 1).unsqueeze(0).float() / 255
+    xt = cond + 0.5 * torch.randn(cond.shape, generator=generator)  # a state at the last step (largest noise)
+    inputs = (xt, cond, 100.0, torch.randn(1, 32, generator=generator), torch.randn(1, 32, generator=generator))
+    outputs = {}
+    with torch.inference_mode():
+        for name, net in (('ours', ours), ('release', release)):
+            outputs[name, 'fp32'] = net(*inputs)
+            for precision, dtype in REDUCED.items():
+                with torch.autocast('cpu', dtype=dtype):
+                    outputs[name, precision] = net(*inputs)
+    return outputs
+
+
+@pytest.mark.parametrize('precision', sorted(REDUCED))
+def test_irsde_unet_is_finite_at_256_and_as_close_as_the_release(irsde_unet_outputs, precision):
+    low, expected = irsde_unet_outputs['ours', precision], irsde_unet_outputs['ours', 'fp32']
+    assert low.dtype == REDUCED[precision] and torch.isfinite(low).all()
+    error = relative_error(low.float(), expected)
+    release_error = relative_error(irsde_unet_outputs['release', precision].float(),
+                                   irsde_unet_outputs['release', 'fp32'])
+    assert 0 < error <= 1.5 * release_error and error < 0.1  # ~6 % for both: the release's own autocast error

@@ -31,7 +31,12 @@ Differences from the release, none of which changes an output the release comput
   raises an error there); the values are those of reflect padding whenever that applies;
 - ``use_image_context`` without an ``image_context`` is a clear error (the release fails inside the
   attention with a shape mismatch);
-- attention through ``F.scaled_dot_product_attention``, no gradient checkpointing.
+- computed faster, the same function to float rounding (max relative error ~1e-6 against a literal
+  re-implementation, ``tests/daclip_official_reference.py``; measured by ``scripts/benchmark_irsde.py``):
+  channels-last maps and 1x1 convolutions as matrix products, merged linear attention, sub-pixel
+  nearest-upsampling convolutions, in-place modulation without autograd, one-token cross-attention
+  as a broadcast (:mod:`vlunet.archs.daclip.irsde_unet_blocks`); no gradient checkpointing. The
+  output is contiguous NCHW, as the release's.
 
 Parameter names are the release's: a released ``universal-ir.pth`` loads as it is
 (:mod:`vlunet.utils.daclip.irsde_checkpoint` only wraps it as ``{'params': state_dict}``).
@@ -46,6 +51,7 @@ from torch import nn
 from vlunet.archs.daclip.irsde_unet_blocks import (LinearAttention, PreNorm, Residual, SinusoidalTimeEmbedding,
                                             SpatialTransformer, TimeConditionedResBlock, conv, downsample, upsample)
 from vlunet.archs.padding import pad_to_multiple
+from vlunet.archs.restormer_blocks import store_weights_channels_last
 
 HEAD_CHANNELS = 32  # channels per head of the spatial transformers
 FIRST_TRANSFORMER_LEVEL = 3  # levels below this one use linear attention
@@ -121,6 +127,9 @@ class ConditionalUNet(nn.Module):
         self.mid_block2 = TimeConditionedResBlock(mid_dim, mid_dim, time_dim)
         self.final_res_block = TimeConditionedResBlock(nf * 2, nf, time_dim)
         self.final_conv = nn.Conv2d(nf, out_nc, 3, 1, 1)
+        for child in self.children():  # the maps are channels-last; DDP: gradients with the parameters' strides
+            if child is not self.init_conv:  # it convolves the NCHW input (its NCHW kernel is also faster there)
+                store_weights_channels_last(child)
 
     def _time_embedding(self, time: TimeStep, batch: int, device: torch.device,
                         text_context: Optional[torch.Tensor]) -> torch.Tensor:
@@ -154,7 +163,7 @@ class ConditionalUNet(nn.Module):
         context = image_context.unsqueeze(1) if self.use_image_context else None
 
         x = self.init_conv(pad_to_multiple(torch.cat([xt - cond, cond], dim=1), 2 ** self.depth))
-        first = x
+        x = first = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for block1, block2, attention, down in self.downs:
             x = block1(x, t)

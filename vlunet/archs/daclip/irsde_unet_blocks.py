@@ -5,9 +5,18 @@ and ``attention.py`` of ``universal-image-restoration``), and its parameters car
 state-dict names (``mlp.1``, ``block1.proj``, ``fn.norm.g``, ``to_qkv``, ``transformer_blocks.0.attn2.to_v``,
 ``ff.net.0.proj``, ...), so a released state dict loads without renaming.
 
-Differences that leave the numbers unchanged (to float rounding):
+Differences that leave the numbers unchanged (to float rounding), for speed on CPU and GPU:
 
-- attention uses ``F.scaled_dot_product_attention``;
+- feature maps are channels-last (a (B, C, H, W) map is a (B, H, W, C) array): 3x3 convolutions run
+  oneDNN's faster NHWC kernels, the channel layer norm is one ``F.layer_norm`` over the last axis,
+  and 1x1 convolutions are matrix products on the (B, H*W, C) view, the shortcut's sum fused in;
+- the time modulation ``x·(scale+1)+shift`` is one ``addcmul``; without autograd it, SiLU, GELU and
+  the residual sums work in place (large fresh tensors cost page faults on CPU);
+- linear attention: q, kᵀ and vᵀ come from three matrix products; the 1/√d scale and the 1/(H·W)
+  of v move onto the small (d, e) summary, which is merged with the output projection into one
+  (B, heads·d, C) matrix, so the output is a single product of softmax(q) (no einsum outputs);
+- attention uses ``F.scaled_dot_product_attention``; with one context token (DA-CLIP's) every
+  cross-attention weight is exactly 1, so without autograd its output is ``to_out(to_v(context))`` broadcast;
 - no gradient checkpointing in the transformer block (the release's default, which only trades
   memory for time).
 
@@ -20,6 +29,29 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from vlunet.archs.restormer_blocks import pointwise
+
+
+def works_in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether ``x`` (a fresh result) may be overwritten: no autograd graph, and ``others`` of x's dtype
+    (under autocast an out-of-place op would promote, as the release's does)."""
+    return not torch.is_grad_enabled() and all(other.dtype == x.dtype for other in others)
+
+
+def rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C): a view of a channels-last map (a copy otherwise)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
+def as_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H*W, C) -> (B, C, H, W), a channels-last view."""
+    return tokens.view(tokens.shape[0], height, width, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+
+def linear_1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 ``conv`` (with its bias) as a matrix product on the rows of x: (B, C, H, W) -> (B, H*W, C_out)."""
+    return F.linear(rows(x), conv.weight.flatten(1), conv.bias)
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -37,7 +69,8 @@ class SinusoidalTimeEmbedding(nn.Module):
 
 
 class ChannelLayerNorm(nn.Module):
-    """Layer norm over the channels of (B, C, H, W), gain ``g`` only, biased variance, eps 1e-5 (1e-3 below fp32)."""
+    """Layer norm over the channels of (B, C, H, W), gain ``g`` only, biased variance, eps 1e-5 (1e-3 below fp32,
+    as in the release). One ``F.layer_norm`` on the (B, H, W, C) view (free on channels-last maps)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -45,9 +78,8 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         eps = 1e-5 if x.dtype == torch.float32 else 1e-3
-        var = torch.var(x, dim=1, unbiased=False, keepdim=True)
-        mean = torch.mean(x, dim=1, keepdim=True)
-        return (x - mean) * (var + eps).rsqrt() * self.g
+        normalized = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.g.view(-1), None, eps)
+        return normalized.permute(0, 3, 1, 2)
 
 
 class PreNorm(nn.Module):
@@ -63,14 +95,15 @@ class PreNorm(nn.Module):
 
 
 class Residual(nn.Module):
-    """``fn(x, context) + x``."""
+    """``fn(x, context) + x``; ``fn`` returns a new tensor (without autograd the sum is taken in it)."""
 
     def __init__(self, fn: nn.Module):
         super().__init__()
         self.fn = fn
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.fn(x, context) + x
+        out = self.fn(x, context)
+        return out.add_(x) if works_in_place(out, x) else out + x
 
 
 def conv(dim_in: int, dim_out: int, kernel_size: int = 3, bias: bool = False) -> nn.Conv2d:
@@ -83,9 +116,42 @@ def downsample(dim_in: int, dim_out: int) -> nn.Conv2d:
     return nn.Conv2d(dim_in, dim_out, 4, 2, 1)
 
 
-def upsample(dim_in: int, dim_out: int) -> nn.Sequential:
+# Which of a 3x3 kernel's rows (columns) fall on low-resolution rows (i-1+p, i+p) for output row 2i+p.
+_PHASE_TAPS = ((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1))
+
+
+class NearestUpsampleConv(nn.Sequential):
+    """Nearest ×2, then a 3×3 convolution (with bias): (B, dim_in, H, W) -> (B, dim_out, 2H, 2W), channels-last.
+
+    Parameters as the release's ``Sequential(Upsample, Conv2d)`` (``1.weight``, ``1.bias``). Computed
+    without the 4x larger upsampled map: the 3x3 kernel seen by each of the four output phases
+    (row/column parity) covers a 2x2 low-resolution window, so one 2x2 convolution of the
+    zero-padded input to 4·dim_out channels gives all phases, interleaved into the output
+    (16 instead of 36 multiply-adds per low-resolution pixel and output channel).
+    """
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(dim_in, dim_out, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self[1]
+        batch, _, height, width = x.shape
+        dim_out = conv.out_channels
+        taps = torch.tensor(_PHASE_TAPS, dtype=conv.weight.dtype, device=x.device)  # (phase, 2, 3)
+        phase_weights = torch.einsum('pik,ockl,qjl->pqocij', taps, conv.weight, taps).reshape(4 * dim_out, -1, 2, 2)
+        phases = F.conv2d(x, phase_weights.contiguous(memory_format=torch.channels_last),
+                          conv.bias.repeat(4), padding=1)  # (B, 4·dim_out, H+1, W+1)
+        out = torch.empty(batch, dim_out, 2 * height, 2 * width, dtype=phases.dtype, device=x.device,
+                          memory_format=torch.channels_last)
+        for index, (row, column) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            out[:, :, row::2, column::2] = phases[:, index * dim_out:(index + 1) * dim_out,
+                                                  row:row + height, column:column + width]
+        return out
+
+
+def upsample(dim_in: int, dim_out: int) -> NearestUpsampleConv:
     """Nearest ×2, then a 3×3 convolution (with bias): (B, dim_in, H, W) -> (B, dim_out, 2H, 2W)."""
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(dim_in, dim_out, 3, padding=1))
+    return NearestUpsampleConv(dim_in, dim_out)
 
 
 class ConvBlock(nn.Module):
@@ -99,9 +165,10 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None,
                 shift: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.proj(x)
+        in_place = works_in_place(x) if scale is None else works_in_place(x, scale, shift)
         if scale is not None:
-            x = x * (scale + 1) + shift
-        return self.act(x)
+            x = torch.addcmul(shift, x, scale + 1, out=x) if in_place else torch.addcmul(shift, x, scale + 1)
+        return F.silu(x, inplace=in_place)
 
 
 class TimeConditionedResBlock(nn.Module):
@@ -119,7 +186,10 @@ class TimeConditionedResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         scale, shift = self.mlp(embedding)[:, :, None, None].chunk(2, dim=1)
-        return self.block2(self.block1(x, scale, shift)) + self.res_conv(x)
+        out = self.block2(self.block1(x, scale, shift))
+        if isinstance(self.res_conv, nn.Conv2d):
+            return pointwise(x, self.res_conv, residual=out)
+        return out.add_(x) if works_in_place(out, x) else out + x
 
 
 class DegradationPrompt(nn.Module):
@@ -143,7 +213,9 @@ class DegradationPrompt(nn.Module):
 class LinearAttention(nn.Module):
     """Linear attention (softmax over channels for q, over positions for k), 4 heads × 32; ``context`` is ignored.
 
-    Shapes: (B, dim, H, W) -> (B, dim, H, W).
+    Per head, with N = H·W: out = to_out(summaryᵀ · softmax(q)·scale), summary = softmax(k) · (v/N)ᵀ.
+    Computed as softmax(q) (B, N, heads·d) times one (B, heads·d, dim) matrix that merges the
+    summaries, both scales and the output projection. Shapes: (B, dim, H, W) -> (B, dim, H, W).
     """
 
     def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
@@ -155,14 +227,19 @@ class LinearAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Conv2d(hidden_dim, dim, 1), ChannelLayerNorm(dim))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        q, k, v = (rearrange(t, 'b (h c) x y -> b h c (x y)', h=self.heads) for t in self.to_qkv(x).chunk(3, dim=1))
-        q = q.softmax(dim=-2) * self.scale
-        k = k.softmax(dim=-1)
-        v = v / (height * width)
-        summary = torch.einsum('b h d n, b h e n -> b h d e', k, v)
-        out = torch.einsum('b h d e, b h d n -> b h e n', summary, q)
-        return self.to_out(rearrange(out, 'b h c (x y) -> b (h c) x y', x=height, y=width))
+        batch, dim, height, width = x.shape
+        tokens = rows(x)  # (B, N, dim)
+        w_q, w_k, w_v = self.to_qkv.weight.flatten(1).chunk(3)  # (heads·d, dim) each
+        q = (tokens @ w_q.t()).unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(2)  # (B, N, heads·d)
+        k = torch.bmm(w_k.expand(batch, -1, -1), tokens.transpose(1, 2)).softmax(dim=-1)  # (B, heads·d, N)
+        v = tokens @ w_v.t()  # (B, N, heads·e)
+        summary = torch.stack([k_head @ v_head  # (B, heads, d, e)
+                               for k_head, v_head in zip(k.chunk(self.heads, 1), v.chunk(self.heads, -1))], dim=1)
+        summary = summary * (self.scale / (height * width))
+        projection = self.to_out[0].weight.flatten(1).t().unflatten(0, (self.heads, -1))  # (heads, e, dim)
+        merged = (summary @ projection).flatten(1, 2)  # (B, heads·d, dim)
+        bias = self.to_out[0].bias.to(merged.dtype).expand(batch, 1, dim)
+        return self.to_out[1](as_map(torch.baddbmm(bias, q, merged), height, width))
 
 
 class MultiHeadAttention(nn.Module):
@@ -181,6 +258,10 @@ class MultiHeadAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner_dim, query_dim), nn.Dropout(0.0))
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if context is not None and context.shape[1] == 1 and not torch.is_grad_enabled():
+            # softmax over one key: every weight is exactly 1 (with autograd, the full product gives to_q and
+            # to_k their zero gradients, which DDP expects from every parameter)
+            return self.to_out(self.to_v(context)).expand(-1, x.shape[1], -1)
         context = x if context is None else context
         q, k, v = (rearrange(t, 'b n (h d) -> b h n d', h=self.heads)
                    for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
@@ -197,6 +278,8 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, gate = self.proj(x).chunk(2, dim=-1)
+        if works_in_place(gate):
+            return torch.ops.aten.gelu_(gate).mul_(hidden)
         return hidden * F.gelu(gate)
 
 
@@ -247,8 +330,8 @@ class SpatialTransformer(nn.Module):
         nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        tokens = rearrange(self.proj_in(self.norm(x)), 'b c h w -> b (h w) c')
+        tokens = linear_1x1(self.norm(x), self.proj_in)  # (B, H*W, C)
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
-        return self.proj_out(rearrange(tokens, 'b (h w) c -> b c h w', h=height, w=width)) + x
+        out = as_map(F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias), *x.shape[-2:])
+        return out.add_(x) if works_in_place(out, x) else out + x
