@@ -9,6 +9,8 @@ Writes ``<out>/<stem>.onnx`` and ``<out>/<stem>.pt2`` (``--formats`` to choose) 
 height and width (any size from 9×9 up, multiples of 8 or not: the padding is inside the graph).
 Guided networks take the degradation vector (B, 512) as a second input ``degradation``, unless
 ``--degradation-image`` folds the CLIP vector of that image in (one input, a fixed degradation).
+Networks that also take DA-CLIP's content embedding (NAFNetDACLIP with ``use_image_context``) are
+refused with an error naming that input; plain NAFNet exports with one input.
 Each file is then checked against PyTorch on several sizes (``--check-sizes``); the exit status is 1
 if any relative error exceeds ``--tolerance``. ONNX needs ``pip install -e '.[export]'``.
 """
@@ -25,8 +27,8 @@ import vlunet  # noqa: F401  (compat shim before basicsr; registers the networks
 from vlunet.inference import Restorer, build_restoration_network, load_image
 from vlunet.options import OptionError, load_option_file
 from vlunet.utils.atomic_write import atomic_output
-from vlunet.utils.export import (MIN_EXPORT_SIZE, ExportCheck, check_onnx, check_program, export_onnx,
-                                 export_program, fixed_degradation_or_none)
+from vlunet.utils.export import (MIN_EXPORT_SIZE, ExportCheck, check_exportable, check_onnx, check_program,
+                                 export_onnx, export_program, fixed_degradation_or_none)
 
 DEFAULT_CHECK_SIZES = ('1x37x53', '2x64x64', '1x120x97', '1x9x200')
 
@@ -99,6 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         net = build_restoration_network(args.net_weights, network_options(args)).cpu()
+        check_exportable(net)
         net = fixed_degradation_or_none(net, fixed_degradation(args))
     except (OSError, ValueError, RuntimeError, OptionError) as error:
         print(f'error: {error}', file=sys.stderr)

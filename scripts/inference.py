@@ -12,6 +12,8 @@ Usage::
     # DA-CLIP IR-SDE (ConditionalUNet): 100 sampling steps (--steps), reproducible noise (--seed)
     python scripts/inference.py photo.jpg -opt options/daclip/test_universal_ir_released.yml --steps 100 --seed 0 \
         --tile auto
+    # NAFNet + DA-CLIP: both DA-CLIP embeddings of each whole image, given to every tile
+    python scripts/inference.py photos/ -opt options/daclip/test_nafnet_daclip.yml -o results/nafnet_daclip
 
 Folders are searched recursively; outputs are 8-bit PNGs ``<output>/<relative path>/<stem><suffix>.png``
 written atomically. Each image's detected degradation (the prompt whose CLIP text embedding best
@@ -172,9 +174,9 @@ def restorer_settings(args: argparse.Namespace) -> dict:
                 'clip_weights': args.clip_weights, 'device': args.device, 'tile': tile_setting(args),
                 'half': args.half or None, 'prompts': args.prompts, 'scorer': args.scorer, 'progress': True,
                 'sde_steps': args.steps, 'seed': args.seed}
-    if args.clip_backbone or args.clip_pretrained:
-        settings['encoder_options'] = dict(DEFAULT_ENCODER, backbone=args.clip_backbone or DEFAULT_ENCODER['backbone'],
-                                           pretrained=args.clip_pretrained)
+    if args.clip_backbone or args.clip_pretrained:  # the encoder type is the network's default (DACLIP for DA-CLIP's)
+        settings['encoder_options'] = {'backbone': args.clip_backbone or DEFAULT_ENCODER['backbone'],
+                                       'pretrained': args.clip_pretrained}
     settings = {key: value for key, value in settings.items() if value is not None}
     if args.no_clip:
         settings.update(clip_weights=None, encoder_options=None)

@@ -11,7 +11,9 @@ what this implementation computes (MACs = FLOPs / 2), split into ``conv`` (k x k
 official computation is 186.25 GMACs at 256x256; this implementation computes 177.35 (the attention's
 output projection is merged into the small attention matrix, see README "Performance"). Latency is the median of ``--runs`` forward passes of a
 1x3xSxS random image (batch 1, inference mode) on ``--device``, after one warm-up pass, using
-``torch.get_num_threads()`` CPU threads (set ``OMP_NUM_THREADS`` to change them).
+``torch.get_num_threads()`` CPU threads (set ``OMP_NUM_THREADS`` to change them). Guided networks get
+random (1, D) embeddings for the guidance they take (NAFNetDACLIP: ``degradation`` and ``content``; VLU-Net:
+``degradation``; see :mod:`vlunet.models.degradation_encoder`); the encoder computing them is not counted.
 """
 import argparse
 import inspect
@@ -19,7 +21,7 @@ import json
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers VLUNet)
 from basicsr.archs import build_network
+from vlunet.models.degradation_encoder import UNDECLARED_GUIDANCE, declared_guidance
 from vlunet.options import OptionError, load_option_file
 
 CONV_OPS = ('aten.convolution',)
@@ -46,22 +49,24 @@ def network_options(option_file: Optional[str], arch_json: Optional[str]) -> dic
     return {'type': 'VLUNet', **config}
 
 
-def example_inputs(net: nn.Module, size: int, device: torch.device) -> tuple:
-    """(image,) or (image, degradation) for a 1x3x``size``x``size`` input on ``device``."""
+def example_inputs(net: nn.Module, size: int, device: torch.device) -> Tuple[tuple, Dict[str, torch.Tensor]]:
+    """((image,), guidance) for a 1x3x``size``x``size`` input on ``device``: a random (1, D) embedding for each
+    guidance keyword the network takes (its ``guidance_inputs``, else ``degradation`` if its forward has it)."""
     image = torch.rand(1, 3, size, size, device=device)
-    if 'degradation' not in inspect.signature(net.forward).parameters:
-        return (image,)
-    degradation_dim = getattr(net, 'config', {}).get('degradation_dim', 512)
-    return image, torch.randn(1, degradation_dim, device=device)
+    names = declared_guidance(net)
+    if names is None:
+        names = [name for name in UNDECLARED_GUIDANCE if name in inspect.signature(net.forward).parameters]
+    dim = getattr(net, 'context_dim', None) or getattr(net, 'config', {}).get('degradation_dim', 512)
+    return (image,), {name: torch.randn(1, dim, device=device) for name in names}
 
 
 def count_macs(net_opt: dict, size: int) -> Dict[str, float]:
     """{'total', 'conv', 'matmul', 'other'} multiply-accumulates of one forward pass (meta device)."""
     with torch.device('meta'):
         net = build_network(dict(net_opt)).eval()
-        inputs = example_inputs(net, size, torch.device('meta'))
+        inputs, guidance = example_inputs(net, size, torch.device('meta'))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(*inputs)
+        net(*inputs, **guidance)
     flops = {str(op): count for op, count in counter.get_flop_counts()['Global'].items()}
     conv = sum(flops.get(op, 0) for op in CONV_OPS) / 2
     matmul = sum(flops.get(op, 0) for op in MATMUL_OPS) / 2
@@ -71,14 +76,14 @@ def count_macs(net_opt: dict, size: int) -> Dict[str, float]:
 
 def median_latency(net: nn.Module, size: int, runs: int, device: torch.device) -> float:
     """Median seconds of ``runs`` forward passes after one warm-up pass."""
-    inputs = example_inputs(net, size, device)
+    inputs, guidance = example_inputs(net, size, device)
     times = []
     with torch.inference_mode():
         for _ in range(runs + 1):
             if device.type == 'cuda':
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            net(*inputs)
+            net(*inputs, **guidance)
             if device.type == 'cuda':
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)

@@ -23,6 +23,13 @@ default ``{type: DegradationCLIP, backbone: ViT-B-32}``) is built when ``clip_we
 Images are restored whole when they fit in memory, else in the largest tiles that fit (``tile='auto'``,
 :mod:`vlunet.utils.tiling`; :meth:`Restorer.tile_plan` says which). The degradation vector d is
 computed once from the whole image and shared by all tiles.
+
+NAFNet + DA-CLIP (``network_options: {type: NAFNetDACLIP}``, e.g. from ``options/daclip/test_nafnet_daclip.yml``)
+takes DA-CLIP's content embedding too (``content=``): networks declaring ``guidance_inputs`` get exactly
+those embeddings (:mod:`vlunet.models.degradation_encoder`, as in training), both computed once per image
+by the DACLIP encoder (the default encoder of DA-CLIP's networks) and given to every tile; plain
+``NAFNet`` takes none (an encoder then only detects the degradation).
+
 :meth:`Restorer.detect_degradation` scores the image embedding against the text embeddings of the
 ``prompts`` (default: the seven official degradation texts) and returns the best prompt and the
 softmax over the prompts. It scores with the scorer the adapters were trained with, the one CLIP
@@ -56,12 +63,14 @@ from basicsr.utils import FileClient, img2tensor, tensor2img
 from torch import nn
 
 from vlunet.archs.daclip.daclip_arch import DACLIP
+from vlunet.archs.daclip.nafnet_daclip_arch import NAFNetDACLIP
 from vlunet.data.daclip.daclip_universal_dataset import DACLIP_DEGRADATIONS
 from vlunet.data.image_io import read_image
 from vlunet.data.task_catalog import KNOWN_TASKS
 from vlunet.models.degradation_classification import OFFICIAL_SCORER, PromptScorer, read_scorer
 from vlunet.losses.daclip_loss import DACLIPLoss
-from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder
+from vlunet.models.degradation_encoder import (WEIGHTS_KEY, Guidance, build_degradation_encoder, encode_guidance,
+                                               guidance_inputs, guidance_keywords)
 from vlunet.options import load_option_file
 from vlunet.utils.atomic_write import atomic_imwrite
 from vlunet.utils.daclip.irsde_restore import IRSDERestoration, check_encoder, encode_contexts, is_noise_network
@@ -70,12 +79,11 @@ from vlunet.utils.official_release import RELEASE_PACKAGE_URL
 from vlunet.utils.precision import AmpOptions, autocast
 from vlunet.utils.safe_load import safe_torch_load
 from vlunet.utils.memory_model import cached_memory_model, network_memory_key
-from vlunet.utils.tiling import (AutoTile, TileOptions, TilePlan, parse_tile_options, plan_tiles, repeat_per_tile,
-                                 restore)
+from vlunet.utils.tiling import AutoTile, TileOptions, TilePlan, parse_tile_options, plan_tiles, restore
 
 DEFAULT_PROMPTS = tuple(task.text for task in KNOWN_TASKS.values())
 DEFAULT_ENCODER = {'type': 'DegradationCLIP', 'backbone': 'ViT-B-32', 'pretrained': None}
-DACLIP_ENCODER = {'type': 'DACLIP', 'backbone': 'ViT-B-32', 'pretrained': None}  # IR-SDE networks' default
+DACLIP_ENCODER = {'type': 'DACLIP', 'backbone': 'ViT-B-32', 'pretrained': None}  # DA-CLIP networks' default
 DACLIP_SCORER = PromptScorer(*DACLIPLoss.prompt_scorer)  # DA-CLIP's classification (cosine x 100, paper Table 4)
 
 
@@ -166,8 +174,9 @@ class Restorer:
         clip_weights: converted degradation-encoder file (``path.pretrain_network_degradation_encoder``).
         network_options: ``network_g`` mapping (default: VLUNet with ``de_dim`` read from the weights).
         encoder_options: ``degradation_encoder`` mapping (default :data:`DEFAULT_ENCODER`, or
-            :data:`DACLIP_ENCODER` for an IR-SDE network, when ``clip_weights`` is given; no encoder when both
-            are None).
+            :data:`DACLIP_ENCODER` for DA-CLIP's networks (IR-SDE, NAFNetDACLIP, NAFNet), when ``clip_weights``
+            is given; no encoder when both are None). Without a ``type`` (e.g. only ``backbone``), the
+            default's type and keys fill it in.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         tile: ``'auto'`` (default: the whole image when it fits in memory, else the largest tile that fits),
             ``{'size': 'auto', 'max_memory': '4GB'}``, fixed tiles ``{'size': 512, 'overlap': 32, 'batch': 2}``
@@ -214,11 +223,11 @@ class Restorer:
         if self.sde is None and (sde_steps is not None or seed is not None):
             raise ValueError(f'sde_steps / seed (--steps / --seed): only IR-SDE networks (ConditionalUNet) sample; '
                              f'{type(self.net).__name__} restores in one pass.')
-        if clip_weights is not None or encoder_options is not None:
-            encoder_options = encoder_options or (DACLIP_ENCODER if self.sde else DEFAULT_ENCODER)
-        self.encoder = build_degradation_encoder(encoder_options, clip_weights, self.device)
+        self.encoder = build_degradation_encoder(self._encoder_options(encoder_options, clip_weights), clip_weights,
+                                                 self.device)
         if self.sde is not None:
             check_encoder(self.net, self.encoder)
+        self.guidance_inputs = () if self.sde is not None else guidance_inputs(self.net, self.encoder)
         if prompts is None:
             prompts = DACLIP_DEGRADATIONS if isinstance(self.encoder, DACLIP) else DEFAULT_PROMPTS
         self.prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -226,6 +235,17 @@ class Restorer:
             raise ValueError(f'prompts: give one or more non-empty degradation texts, got {prompts!r}.')
         self.scorer = self._resolve_scorer(scorer, clip_weights)
         self._text_embeddings: Optional[torch.Tensor] = None
+
+    def _encoder_options(self, encoder_options: Optional[dict], clip_weights: Optional[str]) -> Optional[dict]:
+        """``encoder_options``, without a ``type`` completed by the network's default encoder (:data:`DACLIP_ENCODER`
+        for DA-CLIP's networks, else :data:`DEFAULT_ENCODER`); None (no encoder) when both arguments are None."""
+        if clip_weights is None and encoder_options is None:
+            return None
+        encoder_options = dict(encoder_options or {})
+        if 'type' in encoder_options:
+            return encoder_options
+        daclip_network = self.sde is not None or isinstance(self.net, NAFNetDACLIP)
+        return {**(DACLIP_ENCODER if daclip_network else DEFAULT_ENCODER), **encoder_options}
 
     def _resolve_scorer(self, scorer: Union[PromptScorer, str, None], clip_weights: Optional[str]) -> PromptScorer:
         if isinstance(scorer, str):
@@ -265,24 +285,31 @@ class Restorer:
 
     def encode_degradation(self, images: torch.Tensor) -> Optional[torch.Tensor]:
         """d (B, D) of ``images`` (B, 3, H, W) in [0, 1], or None without an encoder."""
-        if self.encoder is None:
-            return None
-        with torch.no_grad():
-            return self.encoder.encode_degradation(images)
+        return encode_guidance(self.encoder, images, ('degradation',)).get('degradation')
 
-    def restore_tensor(self, images: torch.Tensor, degradation: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def encode_guidance(self, images: torch.Tensor) -> Guidance:
+        """The embeddings of ``images`` (B, 3, H, W) in [0, 1], computed once: d (B, D) whenever there is an
+        encoder (detection scores it), and DA-CLIP's content embedding c (B, D) when the network takes
+        ``content=`` (its ``guidance_inputs``, :mod:`vlunet.models.degradation_encoder`); {} without an encoder."""
+        return encode_guidance(self.encoder, images, ('degradation', *self.guidance_inputs))
+
+    def restore_tensor(self, images: torch.Tensor, degradation: Optional[torch.Tensor] = None,
+                       content: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Restore ``images`` (B, 3, H, W) float RGB in [0, 1] on the device -> (B, 3, H, W) float32, clamped.
 
-        ``degradation`` (B, D): a d already computed for ``images`` (default: encoded here; IR-SDE networks
-        encode both DA-CLIP contexts themselves, once).
+        ``degradation`` / ``content`` (B, D): d / DA-CLIP's content embedding already computed for ``images``
+        (default: encoded here, once, those the network takes; IR-SDE networks encode both DA-CLIP contexts
+        themselves, once). Whole or tiled, every forward gets the whole image's embeddings.
         """
-        if degradation is None and self.sde is None:
-            degradation = self.encode_degradation(images)
+        guidance = {name: value for name, value in (('degradation', degradation), ('content', content))
+                    if value is not None}
+        if self.sde is None and not set(self.guidance_inputs) <= set(guidance):
+            guidance = {**self.encode_guidance(images), **guidance}
         out_of_memory = None
         try:
             with torch.no_grad(), autocast(self.amp, self.device):
                 output = self._sample(images) if self.sde is not None else restore(
-                    self._network(degradation), images, self.tile, self.size_multiple, self.progress, self.memory_key,
+                    self._network(guidance), images, self.tile, self.size_multiple, self.progress, self.memory_key,
                     self.on_plan, self.on_progress)
         except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError
             if not _is_out_of_memory(error):
@@ -299,11 +326,10 @@ class Restorer:
                 + ' (saved, they would be black pixels).')
         return output.float().clamp_(0, 1)
 
-    def _network(self, degradation: Optional[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The network guided by d (B, D), repeated over stacked tiles (k * B, 3, h, w); without d, the bare network."""
-        if degradation is None:
-            return self.net
-        return lambda tiles: self.net(tiles, degradation=repeat_per_tile(degradation, tiles.shape[0]))
+    def _network(self, guidance: Guidance) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network on stacked tiles (k * B, 3, h, w), given the embeddings of ``guidance`` (each (B, D)) that it
+        takes, each repeated k times (none: the bare network's forward)."""
+        return lambda tiles: self.net(tiles, **guidance_keywords(guidance, self.guidance_inputs, tiles.shape[0]))
 
     def _sample(self, images: torch.Tensor) -> torch.Tensor:
         """IR-SDE restoration of ``images`` (B, 3, H, W): contexts encoded once, one :meth:`tile_plan` for all steps."""
@@ -323,7 +349,7 @@ class Restorer:
             probe = torch.full((1, 3, 64, 64), 0.5, device=self.device)
             with torch.no_grad(), autocast(self.amp, self.device):
                 network, probe = (self.sde.memory_probe(self.net, encode_contexts(self.encoder, probe), probe)
-                                  if self.sde is not None else (self._network(self.encode_degradation(probe)), probe))
+                                  if self.sde is not None else (self._network(self.encode_guidance(probe)), probe))
                 return cached_memory_model(self.memory_key, network, probe, self.size_multiple)
         return plan_tiles(self.tile, (1, 3, height, width), self.size_multiple, self.device, memory_model)
 
@@ -368,6 +394,6 @@ class Restorer:
     def restore_and_detect(self, image: np.ndarray) -> Tuple[np.ndarray, Optional[DegradationGuess]]:
         """(restored image, detected degradation or None without an encoder), encoding the image once."""
         tensor = self._to_tensor(image)
-        degradation = self.encode_degradation(tensor)
-        guess = None if degradation is None else self.guess_degradation(degradation)
-        return _to_image(self.restore_tensor(tensor, degradation)), guess
+        guidance = self.encode_guidance(tensor)
+        guess = None if 'degradation' not in guidance else self.guess_degradation(guidance['degradation'])
+        return _to_image(self.restore_tensor(tensor, **guidance)), guess

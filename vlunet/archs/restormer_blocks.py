@@ -11,9 +11,14 @@ place), and the attention's per-head matrices are strided views. Fresh full-size
 faults on CPU (large allocations are new memory every time), so the blocks allocate and pass over
 full-size maps as few times as they can: the attention's weights and output projection are merged
 into one small matrix (:func:`projected_attention`), residual sums accumulate inside the last matrix
-product, and without autograd the GDFN gates in place.
+product, and without autograd the GDFN gates in place. Without autograd on large float32 maps
+(inference), the GDFN and the attentions work in bands of rows (:func:`banded`, :func:`depthwise_bands`):
+their expanded maps (2-5x the input) exist one band at a time in reused, cache-sized buffers, each
+expanded row computed once; the attention sums its q @ k^T and norms band by band. Same values (to
+float rounding) and the same multiply-adds; the layer norm before a block is applied band by band too.
 """
-from typing import Iterable, Optional
+import contextlib
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +39,118 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 
 REDUCED_PRECISION = (torch.float16, torch.bfloat16)
+BAND_BYTES = 8 << 20  # per band of rows without autograd: reused memory, far below glibc's 32 MB mmap threshold
+MIN_BANDS = 4  # fewer bands would not lower the peak memory (two band buffers and a band's depthwise output)
+_bands_enabled = True
+
+
+@contextlib.contextmanager
+def whole_maps() -> Iterator[None]:
+    """Within it, blocks compute their full-size maps at once (no bands): the memory planner measures the
+    whole-map peak, an upper bound of the banded one."""
+    global _bands_enabled
+    previous, _bands_enabled = _bands_enabled, False
+    try:
+        yield
+    finally:
+        _bands_enabled = previous
+
+
+def row_bands(height: int, row_bytes: int) -> List[Tuple[int, int]]:
+    """[(start, stop)) bands of ``height`` rows, each at most :data:`BAND_BYTES` of ``row_bytes`` rows (at least one row)."""
+    rows = max(1, BAND_BYTES // row_bytes)
+    return [(start, min(height, start + rows)) for start in range(0, height, rows)]
+
+
+def banded(x: torch.Tensor, expanded_channels: int) -> Optional[List[Tuple[int, int]]]:
+    """The row bands of x (B, C, H, W) for a block expanding it to ``expanded_channels``, or None for the whole map.
+
+    Bands are used without autograd, in float32 without autocast, on channels-last maps, when the
+    expanded map of one image makes at least :data:`MIN_BANDS` bands of :data:`BAND_BYTES`, outside
+    :func:`whole_maps` and graph capture (``torch.export``/ONNX/``torch.compile``: one graph for every size).
+    """
+    if not _bands_enabled or torch.is_grad_enabled() or x.dtype != torch.float32 or autocast_enabled(x) or \
+            not x.is_contiguous(memory_format=torch.channels_last) or torch.compiler.is_compiling() or \
+            torch.jit.is_tracing():
+        return None
+    bands = row_bands(x.shape[-2], expanded_channels * x.shape[-1] * x.element_size())
+    return bands if len(bands) >= MIN_BANDS else None
+
+
+def per_image(compute: Callable[[int], torch.Tensor], batch: int) -> torch.Tensor:
+    """``compute(i)`` (1, C, H, W) for each image i, stacked to (B, C, H, W) (one image: itself, no copy)."""
+    return compute(0) if batch == 1 else torch.cat([compute(i) for i in range(batch)])
+
+
+def _image(maps: Optional[torch.Tensor], index: int) -> Optional[torch.Tensor]:
+    return None if maps is None else maps[index:index + 1]
+
+
+def empty_map(like: torch.Tensor, channels: int) -> torch.Tensor:
+    """An empty channels-last (1, channels, H, W) map with ``like``'s H, W, dtype and device."""
+    return torch.empty(1, channels, *like.shape[-2:], dtype=like.dtype, device=like.device,
+                       memory_format=torch.channels_last)
+
+
+def matrix(x: torch.Tensor) -> torch.Tensor:
+    """One channels-last image or band (1, C, h, W) -> its (h*W, C) pixel matrix, a view."""
+    return _rows(x)[0]
+
+
+def depthwise_bands(image: torch.Tensor, expand: nn.Conv2d, depthwise: nn.Conv2d, bands: List[Tuple[int, int]],
+                    norm: Optional[nn.Module] = None) -> Iterator[Tuple[int, int, torch.Tensor]]:
+    """Without autograd: (start, stop, rows [start, stop) of ``depthwise(pointwise(norm(image), expand))``) for each
+    band (``norm``: a per-pixel module such as :class:`ChannelLayerNorm`, applied band by band; None: none).
+
+    Shapes: image (1, C, H, W) channels-last -> bands (1, C_expanded, stop - start, W), channels-last.
+    Each band is expanded once, one band ahead, into one of two reused buffers with a row of room
+    above and below: the depthwise 3x3 of a band reads the last expanded row of the band above and
+    the first of the band below (copied in), zeros at the image's edges.
+    """
+    weight = expand.weight.flatten(1).t()  # (C, C_expanded)
+    rows_most = max(stop - start for start, stop in bands)
+    buffers = [torch.empty(1, weight.shape[1], rows_most + 2, image.shape[-1], dtype=image.dtype,
+                           device=image.device, memory_format=torch.channels_last) for _ in range(2)]
+
+    def expand_into(buffer: torch.Tensor, start: int, stop: int) -> None:
+        rows = image[:, :, start:stop] if norm is None else norm(image[:, :, start:stop])
+        torch.mm(matrix(rows), weight, out=matrix(buffer[:, :, 1:1 + stop - start]))
+
+    expand_into(buffers[0], *bands[0])
+    buffers[0][:, :, 0].zero_()
+    for index, (start, stop) in enumerate(bands):
+        current, rows = buffers[index % 2], stop - start
+        if index + 1 < len(bands):
+            following = buffers[(index + 1) % 2]
+            expand_into(following, *bands[index + 1])
+            following[:, :, 0] = current[:, :, rows]
+            current[:, :, rows + 1] = following[:, :, 1]
+        else:
+            current[:, :, rows + 1].zero_()
+        yield start, stop, F.conv2d(current[:, :, :rows + 2], depthwise.weight, padding=(0, 1),
+                                    groups=depthwise.groups)
+
+
+def attention_from_bands(qkv_bands: Iterable[Tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]],
+                         image: torch.Tensor, temperature: torch.Tensor,
+                         heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`normalized_attention` weights (1, heads, c, c), the value map (1, C, H, W)) of one image whose
+    q, k, v come band by band: (start, stop, q, k, v), each (1, C, stop - start, W).
+
+    The per-head grams q @ k^T and the squared norms are summed band by band, the values are kept:
+    the full-size q and k are never stored (same values as :func:`attention_weights` to float rounding).
+    """
+    grams, query_squares, key_squares, value = 0, 0, 0, None
+    for start, stop, query, key, band_value in qkv_bands:
+        q, k = query.flatten(2), key.flatten(2)  # (1, C, band pixels)
+        grams = grams + head_grams(q, k, heads)
+        query_squares = query_squares + q.square().sum(dim=-1)
+        key_squares = key_squares + k.square().sum(dim=-1)
+        if value is None:
+            value = empty_map(image, band_value.shape[1])
+        value[:, :, start:stop] = band_value
+    norms = (squares.sqrt().clamp_min(1e-12) for squares in (query_squares, key_squares))
+    return normalized_attention(grams, *norms, temperature), value
 
 
 def _fuse_residual(product: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
@@ -41,9 +158,13 @@ def _fuse_residual(product: torch.Tensor, residual: Optional[torch.Tensor]) -> b
 
     Under autocast the product runs in fp16/bf16 and the sum keeps the residual's float32, as unfused.
     """
-    device = product.device.type
-    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
-    return residual is not None and residual.dtype == product.dtype and not autocast
+    return residual is not None and residual.dtype == product.dtype and not autocast_enabled(product)
+
+
+def autocast_enabled(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device type."""
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -107,16 +228,28 @@ def attention_weights(query: torch.Tensor, key: torch.Tensor, temperature: torch
     products and would pass fp16's largest value (65,504) from about 256x256 on. Norms, logits and
     softmax are float32.
     """
-    b = query.shape[0]
     query_norm, key_norm = spatial_norms(query), spatial_norms(key)
     q, k = query.flatten(2), key.flatten(2)  # (B, C, H*W)
     normalize_first = q.dtype in REDUCED_PRECISION
     if normalize_first:
         q, k = _normalized(q, query_norm), _normalized(k, key_norm)
-    logits = torch.stack([q_head @ k_head.transpose(1, 2)
-                          for q_head, k_head in zip(q.chunk(heads, 1), k.chunk(heads, 1))], dim=1).float()
+    logits = head_grams(q, k, heads).float()
     if not normalize_first:
-        logits = logits / (query_norm.view(b, heads, -1, 1) * key_norm.view(b, heads, 1, -1))
+        return normalized_attention(logits, query_norm, key_norm, temperature)
+    return (logits * temperature.view(1, heads, 1, 1)).softmax(dim=-1)
+
+
+def head_grams(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """q, k (B, C, N) -> (B, heads, C/heads, C/heads): per head q @ k^T (channels grouped head-major)."""
+    return torch.stack([q_head @ k_head.transpose(1, 2) for q_head, k_head in zip(q.chunk(heads, 1), k.chunk(heads, 1))],
+                       dim=1)
+
+
+def normalized_attention(grams: torch.Tensor, query_norm: torch.Tensor, key_norm: torch.Tensor,
+                         temperature: torch.Tensor) -> torch.Tensor:
+    """softmax(q @ k^T / (|q| |k|^T) * temperature) from the float32 grams (B, heads, c, c) and norms (B, C)."""
+    b, heads = grams.shape[:2]
+    logits = grams / (query_norm.view(b, heads, -1, 1) * key_norm.view(b, heads, 1, -1))
     return (logits * temperature.view(1, heads, 1, 1)).softmax(dim=-1)
 
 
@@ -153,8 +286,17 @@ def projected_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     Saves the per-head products, their concatenation, the projection pass and the residual pass.
     Under autocast the scale and the residual are applied afterwards in float32, as unfused.
     """
+    attention = attention_weights(query, key, temperature, heads)
+    return project_values(attention, value, project_out, residual, scale, residual_weight)
+
+
+def project_values(attention: torch.Tensor, value: torch.Tensor, project_out: nn.Conv2d,
+                   residual: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
+                   residual_weight: float = 1.0) -> torch.Tensor:
+    """The second half of :func:`projected_attention`, from the attention weights (B, heads, c, c)."""
     b, c = value.shape[:2]
-    attention = attention_weights(query, key, temperature, heads).to(value.dtype)
+    heads = attention.shape[1]
+    attention = attention.to(value.dtype)
     projection = project_out.weight.flatten(1).t().reshape(heads, c // heads, -1)  # (heads, C/heads, C_out)
     merged = (attention.transpose(2, 3) @ projection).reshape(b, c, -1)  # (B, C, C_out)
     v = _rows(value)
@@ -184,10 +326,25 @@ class TransposedSelfAttention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+                scale: Optional[torch.Tensor] = None, norm: Optional[nn.Module] = None) -> torch.Tensor:
+        """``residual + scale * MDTA(norm(x))``; ``norm``: a per-pixel module applied first (in bands: band by band)."""
+        bands = banded(x, self.qkv.out_channels)
+        if bands is not None:
+            return per_image(lambda i: self._image_in_bands(x[i:i + 1], _image(residual, i), scale, bands, norm),
+                             x.shape[0])
+        x = x if norm is None else norm(x)
         query, key, value = self.qkv_dwconv(pointwise(x, self.qkv)).chunk(3, dim=1)
         return projected_attention(query, key, value, self.temperature, self.heads, self.project_out, residual,
                                    scale)
+
+    def _image_in_bands(self, image: torch.Tensor, residual: Optional[torch.Tensor], scale: Optional[torch.Tensor],
+                        bands: List[Tuple[int, int]], norm: Optional[nn.Module]) -> torch.Tensor:
+        """One image (1, C, H, W) with q, k and v in bands of rows (:func:`depthwise_bands`,
+        :func:`attention_from_bands`), then one product over v (:func:`project_values`)."""
+        qkv_bands = ((start, stop, *hidden.chunk(3, dim=1))
+                     for start, stop, hidden in depthwise_bands(image, self.qkv, self.qkv_dwconv, bands, norm))
+        attention, value = attention_from_bands(qkv_bands, image, self.temperature, self.heads)
+        return project_values(attention, value, self.project_out, residual, scale)
 
 
 class GatedFeedForward(nn.Module):
@@ -203,13 +360,39 @@ class GatedFeedForward(nn.Module):
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=False)
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=False)
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                norm: Optional[nn.Module] = None) -> torch.Tensor:
+        """``residual + GDFN(norm(x))``; ``norm``: a per-pixel module applied first (in bands: band by band)."""
+        bands = banded(x, self.project_in.out_channels)
+        if bands is not None:
+            return per_image(lambda i: self._image_in_bands(x[i:i + 1], _image(residual, i), bands, norm), x.shape[0])
+        x = x if norm is None else norm(x)
         gate, content = self.dwconv(pointwise(x, self.project_in)).chunk(2, dim=1)
         if torch.is_grad_enabled():
             gated = F.gelu(gate) * content
         else:  # no graph to keep: GELU and gating in place, in the first half (read in place by the product)
             gated = torch.ops.aten.gelu_(gate).mul_(content)
         return pointwise(gated, self.project_out, residual)
+
+    def _image_in_bands(self, image: torch.Tensor, residual: Optional[torch.Tensor], bands: List[Tuple[int, int]],
+                        norm: Optional[nn.Module]) -> torch.Tensor:
+        """One image (1, C, H, W) in bands of rows (:func:`depthwise_bands`): the same values and products.
+
+        The hidden maps of a band (2.66 x 2 x its input) reuse the same memory and stay in cache; the
+        full-size ones are fresh memory every time, and writing them costs as much as computing them.
+        Each band's output is written in place into the output map, its residual as the accumulator.
+        """
+        weight = self.project_out.weight.flatten(1).t()  # (hidden, C)
+        out = empty_map(image, weight.shape[1])
+        for start, stop, hidden in depthwise_bands(image, self.project_in, self.dwconv, bands, norm):
+            gate, content = hidden.chunk(2, dim=1)
+            gated = matrix(torch.ops.aten.gelu_(gate).mul_(content))
+            target = matrix(out[:, :, start:stop])
+            if residual is None:
+                torch.mm(gated, weight, out=target)
+            else:
+                torch.addmm(matrix(residual[:, :, start:stop]), gated, weight, out=target)
+        return out
 
 
 class TransformerBlock(nn.Module):
@@ -223,8 +406,8 @@ class TransformerBlock(nn.Module):
         self.ffn = GatedFeedForward(dim, ffn_expansion_factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn(self.norm1(x), residual=x)
-        return self.ffn(self.norm2(x), residual=x)
+        x = self.attn(x, residual=x, norm=self.norm1)
+        return self.ffn(x, residual=x, norm=self.norm2)
 
 
 class Downsample(nn.Module):

@@ -53,19 +53,17 @@ from tqdm import tqdm
 
 from vlunet.metrics.dataset_level import DatasetMetric, build_dataset_metrics, dataset_metric_values
 from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
-from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder
+from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder, guidance_inputs, guidance_keywords
 from vlunet.models.validation_record import ValidationRecord
 from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
 from vlunet.utils.console_log import drop_messages
 from vlunet.utils.precision import autocast, compile_network, make_grad_scaler, parse_amp_options
 from vlunet.utils.results_table import format_markdown, write_results_table
 from vlunet.utils.memory_model import network_memory_key
-from vlunet.utils.tiling import TilePlan, parse_tile_options, repeat_per_tile, restore, tile_problems
+from vlunet.utils.tiling import TilePlan, parse_tile_options, restore, tile_problems
 
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
 MULTIPLE_VALIDATION_WARNING = 'Multiple validation datasets are *only* supported by SRModel.'  # BasicSR's
-GUIDANCE_INPUTS = ('degradation', 'content')  # keywords a network can declare in its guidance_inputs
-UNDECLARED_GUIDANCE = ('degradation',)  # a network without guidance_inputs may take d (VLUNet: optional)
 
 
 def optimizer_problems(key: str, section: object) -> List[str]:
@@ -144,25 +142,13 @@ class VLUNetModel(SRModel):
         self.optimizers.append(self.optimizer_g)
 
     def _guidance_inputs(self) -> Tuple[str, ...]:
-        """net_g's declared ``guidance_inputs`` (checked against the encoder), else :data:`UNDECLARED_GUIDANCE`."""
+        """net_g's guidance keywords, checked against the encoder
+        (:func:`~vlunet.models.degradation_encoder.guidance_inputs`)."""
         net = self.get_bare_model(self.net_g)
-        declared = getattr(net, 'guidance_inputs', None)
-        if declared is None:
-            return UNDECLARED_GUIDANCE
-        name, declared = type(net).__name__, tuple(declared)
-        unknown = sorted(set(declared) - set(GUIDANCE_INPUTS))
-        if unknown:
-            raise ValueError(f'network_g: {name}.guidance_inputs has unknown names {unknown}; known: '
-                             f'{", ".join(GUIDANCE_INPUTS)}.')
-        if declared and self.degradation_encoder is None:
-            raise ValueError(f'network_g: {name} takes {" and ".join(declared)} embeddings from a degradation encoder: '
-                             'set degradation_encoder (e.g. {type: DACLIP}) or turn that guidance off in network_g.')
-        if 'content' in declared and not callable(getattr(self.degradation_encoder, 'encode', None)):
-            raise TypeError(f'degradation_encoder.type: {type(self.degradation_encoder).__name__} has no '
-                            f'encode(images) -> (content, degradation) method, which network_g {name} needs for '
-                            'its content embedding (use DACLIP).')
+        declared = guidance_inputs(net, self.degradation_encoder)
         if not declared and self.degradation_encoder is not None:
-            get_root_logger().warning(f'network_g: {name} takes no guidance, so degradation_encoder is not used.')
+            get_root_logger().warning(f'network_g: {type(net).__name__} takes no guidance, so degradation_encoder is '
+                                      'not used.')
         return declared
 
     def encode_degradation(self, images: torch.Tensor) -> Optional[torch.Tensor]:
@@ -180,8 +166,7 @@ class VLUNetModel(SRModel):
     def guided_forward(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """``net(images, **guidance)``: of d and c of the current batch, those net_g takes and the encoder gave."""
         available = {'degradation': self.degradation, 'content': self.content}
-        return net(images, **{name: repeat_per_tile(available[name], images.shape[0])  # k tiles stacked: k copies
-                              for name in self.guidance_inputs if available[name] is not None})
+        return net(images, **guidance_keywords(available, self.guidance_inputs, images.shape[0]))
 
     def feed_data(self, data: dict) -> None:
         """Take ``lq`` (B, 3, H, W), optional ``gt``; compute the guidance once for the whole (untiled) batch."""

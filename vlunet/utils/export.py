@@ -45,13 +45,28 @@ class FixedDegradation(nn.Module):
 
 
 def takes_degradation(net: nn.Module) -> bool:
-    """Whether ``net.forward`` has a ``degradation`` argument (a guided network)."""
+    """Whether ``net`` takes a degradation vector: ``degradation`` in its declared ``guidance_inputs``
+    (NAFNetDACLIP; none for plain NAFNet), else a ``degradation`` argument of ``net.forward``."""
+    declared = getattr(net, 'guidance_inputs', None)
+    if declared is not None:
+        return DEGRADATION_INPUT in declared
     return 'degradation' in inspect.signature(net.forward).parameters
 
 
+def check_exportable(net: nn.Module) -> None:
+    """``ValueError`` naming any guidance input besides ``degradation`` that ``net`` takes (e.g. NAFNetDACLIP's
+    ``content``): exported graphs take only ``image`` and ``degradation``."""
+    unsupported = [name for name in getattr(net, 'guidance_inputs', ()) if name != DEGRADATION_INPUT]
+    if unsupported:
+        raise ValueError(f'{type(net).__name__} takes the {" and ".join(unsupported)} embedding ({unsupported[0]}=), '
+                         f'which export does not support (inputs: {IMAGE_INPUT} and {DEGRADATION_INPUT} only); export '
+                         'it with that guidance off (NAFNetDACLIP: use_image_context: false), or run it in PyTorch.')
+
+
 def degradation_dim(net: nn.Module) -> int:
-    """Length D of the degradation vector ``net`` expects (``config['degradation_dim']``, default 512)."""
-    return int(getattr(net, 'config', {}).get('degradation_dim', 512))
+    """Length D of the degradation vector ``net`` expects (``context_dim`` or ``config['degradation_dim']``,
+    default 512)."""
+    return int(getattr(net, 'context_dim', 0) or getattr(net, 'config', {}).get('degradation_dim', 512))
 
 
 def example_inputs(net: nn.Module, height: int = 37, width: int = 53) -> Tuple[torch.Tensor, ...]:
@@ -88,6 +103,7 @@ def _check_dynamic(program: ExportedProgram) -> None:
 
 def export_program(net: nn.Module) -> ExportedProgram:
     """``torch.export`` program of ``net`` (eval mode) with dynamic batch, height and width."""
+    check_exportable(net)
     net = net.eval()
     inputs = example_inputs(net)
     with torch.no_grad():

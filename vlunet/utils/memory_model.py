@@ -14,7 +14,10 @@ memory the forward allocates above what was allocated before it:
 
 The fit is cached in memory per (network configuration, device, grad mode, autocast dtype, input
 dtype and channels): a process measures each network once (two small profiled forwards; the
-official-size VLU-Net: 7.4 kB per pixel, no fixed part, about twice a plain 128² forward).
+official-size VLU-Net: 7.4 kB per pixel, no fixed part, about twice a plain 128² forward). The
+measurements compute whole maps (:func:`~vlunet.archs.restormer_blocks.whole_maps`): on large images the
+Restormer blocks work in bands of rows without autograd, which only lowers the peak, so the fit is an
+upper bound there.
 Predictions are multiplied by :data:`MEMORY_MARGIN` for what the torch allocator does not see (the
 C allocator's fragmentation and caches, CUDA's caching allocator).
 
@@ -32,6 +35,8 @@ from typing import Callable, Dict, Hashable, Iterator, Tuple, Union
 import psutil
 import torch
 from torch import nn
+
+from vlunet.archs.restormer_blocks import whole_maps
 
 ImageFunction = Callable[[torch.Tensor], torch.Tensor]
 # Side lengths of the two measurement images (rounded up to the network's size multiple).
@@ -142,8 +147,9 @@ def measure_memory_model(fn: ImageFunction, channels: int, device: torch.device,
                          size_multiple: int = 1) -> MemoryModel:
     """Fit :class:`MemoryModel` to the peak memory of ``fn`` on two small (1, channels, s, s) images."""
     sizes = [_rounded_up(size, size_multiple) for size in MEASURE_SIZES]
-    peaks = [peak_forward_bytes(fn, torch.full((1, channels, size, size), 0.5, device=device, dtype=dtype))
-             for size in sizes]
+    with whole_maps():  # bands of rows (large images, no autograd) only lower the peak: the fit is an upper bound
+        peaks = [peak_forward_bytes(fn, torch.full((1, channels, size, size), 0.5, device=device, dtype=dtype))
+                 for size in sizes]
     pixels = [size * size for size in sizes]
     per_pixel = (peaks[1] - peaks[0]) / (pixels[1] - pixels[0])
     fixed = peaks[0] - per_pixel * pixels[0]

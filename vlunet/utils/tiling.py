@@ -12,8 +12,8 @@ passes the CLIP degradation embedding) either on the whole image or on overlappi
   inner tile edge;
 - ``batch`` tiles go through ``fn`` in one call, stacked along the batch dimension tile by tile
   ((batch * B, C, size, size), the B images of tile 1 first); a closure that passes per-image
-  tensors (the degradation vector d, (B, D)) repeats them with :func:`repeat_per_tile`. The output is
-  the same as one tile at a time.
+  tensors (the degradation vector d, DA-CLIP's content embedding c, each (B, D), computed once from
+  the whole image) repeats them with :func:`repeat_per_tile`. The output is the same as one tile at a time.
 
 VLU-Net is not such a network: its channel attention is global (every output pixel depends on the
 whole input) and its degradation keys are resized to the input, so tiled and whole-image outputs
@@ -163,7 +163,7 @@ def parse_tile_options(section: Union[None, str, dict]) -> Tiling:
 
 
 def repeat_per_tile(per_image: Optional[torch.Tensor], inputs: int) -> Optional[torch.Tensor]:
-    """A per-image tensor (B, ...) (e.g. d) repeated for ``inputs`` = k * B stacked tiles ((k * B, ...), as
+    """A per-image tensor (B, ...) (e.g. d or c) repeated for ``inputs`` = k * B stacked tiles ((k * B, ...), as
     :func:`restore_tiled` stacks them); returned unchanged when ``inputs`` == B."""
     if per_image is None or per_image.shape[0] == inputs:
         return per_image

@@ -23,14 +23,14 @@ Differences that leave the numbers unchanged (to float rounding), for speed on C
 Shapes: feature maps (B, C, H, W); the time embedding (B, T) or (1, T); a context (B, L, D).
 """
 import math
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vlunet.archs.restormer_blocks import pointwise
+from vlunet.archs.restormer_blocks import BAND_BYTES, pointwise
 
 
 def works_in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:
@@ -47,6 +47,20 @@ def rows(x: torch.Tensor) -> torch.Tensor:
 def as_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, H*W, C) -> (B, C, H, W), a channels-last view."""
     return tokens.view(tokens.shape[0], height, width, tokens.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _whole() -> bool:
+    """Whether to compute whole maps rather than bands: with autograd, or while a graph is captured (export, compile)."""
+    return torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _bands(tokens: torch.Tensor, channels: int) -> Iterator[Tuple[int, int, torch.Tensor]]:
+    """(start, length, band) of consecutive positions of tokens (B, N, C) whose ``channels``-wide results fit
+    :data:`~vlunet.archs.restormer_blocks.BAND_BYTES`."""
+    rows_per_band = max(1, BAND_BYTES // (tokens.shape[0] * channels * tokens.element_size()))
+    for start in range(0, tokens.shape[1], rows_per_band):
+        band = tokens[:, start:start + rows_per_band]
+        yield start, band.shape[1], band
 
 
 def linear_1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -215,7 +229,10 @@ class LinearAttention(nn.Module):
 
     Per head, with N = H·W: out = to_out(summaryᵀ · softmax(q)·scale), summary = softmax(k) · (v/N)ᵀ.
     Computed as softmax(q) (B, N, heads·d) times one (B, heads·d, dim) matrix that merges the
-    summaries, both scales and the output projection. Shapes: (B, dim, H, W) -> (B, dim, H, W).
+    summaries, both scales and the output projection. Without autograd, q, v and the output are
+    computed in bands of positions (:data:`BAND_BYTES`) and k's exponentials in place, with the
+    softmax's normalisation applied to the small summary: no full-size q, v or softmax copies.
+    Shapes: (B, dim, H, W) -> (B, dim, H, W).
     """
 
     def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
@@ -226,20 +243,39 @@ class LinearAttention(nn.Module):
         self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, bias=False)
         self.to_out = nn.Sequential(nn.Conv2d(hidden_dim, dim, 1), ChannelLayerNorm(dim))
 
+    def _query(self, tokens: torch.Tensor, w_q: torch.Tensor) -> torch.Tensor:
+        """softmax over each head's channels of q: (B, n, dim) -> (B, n, heads·d)."""
+        return (tokens @ w_q.t()).unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(2)
+
+    def _head_products(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """k (B, heads·d, n) and v (B, n, heads·e) -> per head k·v (B, heads, d, e)."""
+        return torch.stack([k_head @ v_head for k_head, v_head in zip(k.chunk(self.heads, 1), v.chunk(self.heads, -1))],
+                           dim=1)
+
+    def _summary(self, tokens: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor) -> torch.Tensor:
+        """softmax(k) · vᵀ per head over all N positions: (B, N, dim) -> (B, heads, d, e)."""
+        k = torch.bmm(w_k.expand(tokens.shape[0], -1, -1), tokens.transpose(1, 2))  # (B, heads·d, N)
+        if _whole():
+            return self._head_products(k.softmax(dim=-1), tokens @ w_v.t())
+        k = k.sub_(k.amax(dim=-1, keepdim=True)).exp_()
+        products = sum(self._head_products(k[:, :, start:start + len_band], band @ w_v.t())
+                       for start, len_band, band in _bands(tokens, w_v.shape[0]))
+        return products / k.sum(dim=-1).unflatten(1, (self.heads, -1)).unsqueeze(-1)
+
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, dim, height, width = x.shape
         tokens = rows(x)  # (B, N, dim)
         w_q, w_k, w_v = self.to_qkv.weight.flatten(1).chunk(3)  # (heads·d, dim) each
-        q = (tokens @ w_q.t()).unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(2)  # (B, N, heads·d)
-        k = torch.bmm(w_k.expand(batch, -1, -1), tokens.transpose(1, 2)).softmax(dim=-1)  # (B, heads·d, N)
-        v = tokens @ w_v.t()  # (B, N, heads·e)
-        summary = torch.stack([k_head @ v_head  # (B, heads, d, e)
-                               for k_head, v_head in zip(k.chunk(self.heads, 1), v.chunk(self.heads, -1))], dim=1)
-        summary = summary * (self.scale / (height * width))
+        summary = self._summary(tokens, w_k, w_v) * (self.scale / (height * width))  # (B, heads, d, e)
         projection = self.to_out[0].weight.flatten(1).t().unflatten(0, (self.heads, -1))  # (heads, e, dim)
         merged = (summary @ projection).flatten(1, 2)  # (B, heads·d, dim)
         bias = self.to_out[0].bias.to(merged.dtype).expand(batch, 1, dim)
-        return self.to_out[1](as_map(torch.baddbmm(bias, q, merged), height, width))
+        if _whole():
+            out = torch.baddbmm(bias, self._query(tokens, w_q), merged)
+        else:
+            out = torch.cat([torch.baddbmm(bias, self._query(band, w_q), merged)
+                             for _, _, band in _bands(tokens, w_q.shape[0])], dim=1)
+        return self.to_out[1](as_map(out, height, width))
 
 
 class MultiHeadAttention(nn.Module):

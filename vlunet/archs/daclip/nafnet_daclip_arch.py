@@ -51,6 +51,16 @@ Decisions on the open points of §2.8 (the uncertain ones are constructor option
    earlier paper version called the model "an MSE-based network") on DA-CLIP's universal IR-SDE
    schedule (§2.5: batch 16 of 256² crops, AdamW 2e-4, cosine decay over 700,000 iterations).
 
+Weight layout: a NAFBlock's layer norm returns a channels-last map (it normalises the (B, H, W, C) view), so
+the block's convolutions run on channels-last maps; with contiguous weights their gradients came out
+channels-last (the depthwise conv2 always; the 1×1 convs as the CPU backend chose, e.g. with 2 threads and
+batch 2), and DDP copied them into its buckets with the warning "Grad strides do not match bucket view
+strides". The blocks' convolution weights are therefore stored channels-last
+(:func:`~vlunet.archs.restormer_blocks.store_weights_channels_last`), which makes every backend compute
+in that layout and return gradients with the parameters' strides. These weights are all 1×1 or depthwise,
+so only the strides of their size-1 dimensions change (the memory order, ``is_contiguous()``, values,
+outputs and state-dict keys do not).
+
 Parameter names follow the NAFNet release (``intro``, ``encoders``, ``downs``, ``middle_blks``, ``ups``,
 ``decoders``, ``ending``, inside blocks ``conv1`` … ``sca.1``); the guidance adds
 ``degradation_prompt.*``, the blocks' ``mlp.1`` and ``attention.*``.
@@ -65,6 +75,7 @@ from torch import nn
 from vlunet.archs.daclip.irsde_unet_blocks import DegradationPrompt, MultiHeadAttention, SpatialTransformer
 from vlunet.archs.nafnet_blocks import NAFBlock, NAFBlocks, nafnet_downsample, nafnet_upsample
 from vlunet.archs.padding import crop_to, pad_to_multiple
+from vlunet.archs.restormer_blocks import store_weights_channels_last
 
 HEAD_CHANNELS = 32  # channels per attention head, as in the IR-SDE U-Net
 DEGRADATION_INPUTS = ('prompt', 'embedding')
@@ -170,6 +181,19 @@ class NAFNetDACLIP(nn.Module):
             channels //= 2
             self.decoders.append(blocks(count, channels, depth < content_attention_levels))
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1)
+        self._store_block_weights_channels_last()
+
+    def _store_block_weights_channels_last(self) -> None:
+        """Every NAFBlock's own convolution weights (conv1 … conv5, sca.1) in the channels-last layout of the maps
+        they convolve, so their gradients have the parameters' strides (see the module docstring). Intro, downs,
+        ups and ending see contiguous maps and stay contiguous; the content attention modules keep their own
+        layout (their 1×1 projections run as matrix products, whose weight gradients are contiguous)."""
+        for block in self.modules():
+            if isinstance(block, NAFBlock):
+                attention = set(block.attention.modules()) if block.attention is not None else set()
+                convolutions = [module for module in block.modules()
+                                if isinstance(module, nn.Conv2d) and module not in attention]
+                store_weights_channels_last(nn.ModuleList(convolutions), convolutions)
 
     @property
     def guidance_inputs(self) -> Tuple[str, ...]:

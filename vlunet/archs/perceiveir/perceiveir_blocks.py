@@ -247,8 +247,8 @@ class EnhancedTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         cross = self.cross_attn(self.norm_x(x), self.norm_guide(guide))
-        x = guide + self.attn(self.norm1(cross))
-        return x + self.ffn(self.norm2(x))
+        x = self.attn(cross, residual=guide, norm=self.norm1)
+        return self.ffn(x, residual=x, norm=self.norm2)
 
 
 class GuidedLevel(nn.Module):

@@ -1,0 +1,92 @@
+"""Inference in bands of rows (no autograd): Restormer's GDFN and MDTA compute their full-size hidden maps band
+by band (``vlunet.archs.restormer_blocks.BAND_BYTES``). Tiny bands force many bands (uneven last band, two
+images) and must give the values of the whole-map computation: the autograd path, the official forward and
+the attention formulas. Real sizes use one band below 8 MB of hidden map per band.
+"""
+import pytest
+import torch
+
+import vlunet  # noqa: F401  (compat shim before basicsr)
+from official_reference import official_forward
+from test_vlunet_arch import relative_error, tiny_net
+from vlunet.archs import restormer_blocks
+from vlunet.archs.restormer_blocks import GatedFeedForward, TransposedSelfAttention, row_bands
+from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
+
+
+def _channels_last(*shape: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator).contiguous(memory_format=torch.channels_last)
+
+
+def _randomised(module: torch.nn.Module) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    restormer_blocks.store_weights_channels_last(module)
+    return module
+
+
+def test_row_bands_cover_the_rows_once_within_the_budget():
+    assert row_bands(10, row_bytes=restormer_blocks.BAND_BYTES // 3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert row_bands(5, row_bytes=restormer_blocks.BAND_BYTES * 2) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert row_bands(256, row_bytes=1000) == [(0, 256)]
+
+
+@pytest.mark.parametrize('module, with_residual', [
+    (GatedFeedForward(8, 2.66), True), (GatedFeedForward(8, 2.66), False),
+    (TransposedSelfAttention(8, heads=2), True), (TransposedSelfAttention(8, heads=2), False)])
+def test_blocks_in_bands_equal_the_whole_map_computation(monkeypatch, module, with_residual):
+    module = _randomised(module)
+    x, residual = _channels_last(2, 8, 13, 11, seed=0), _channels_last(2, 8, 13, 11, seed=1)
+    residual = residual if with_residual else None
+    expected = module(x, residual)  # autograd on: one band, the whole maps
+    expanded = module.project_in.out_channels if isinstance(module, GatedFeedForward) else module.qkv.out_channels
+    row_bytes = expanded * 11 * 4  # one image's expanded row
+    monkeypatch.setattr(restormer_blocks, 'BAND_BYTES', 3 * row_bytes)  # bands of 3 rows: 5 bands, the last of 1
+    with torch.no_grad():
+        banded = module(x, residual)
+    assert banded.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(banded, expected.detach()) < 1e-6
+
+
+def test_scaled_attention_in_bands_equals_the_whole_map_computation(monkeypatch):
+    attention = _randomised(TransposedSelfAttention(8, heads=2))
+    x, residual = _channels_last(1, 8, 9, 14, seed=2), _channels_last(1, 8, 9, 14, seed=3)
+    scale = torch.tensor([0.37])
+    expected = attention(x, residual, scale).detach()
+    monkeypatch.setattr(restormer_blocks, 'BAND_BYTES', 1)  # one row per band
+    with torch.no_grad():
+        assert relative_error(attention(x, residual, scale), expected) < 1e-6
+
+
+def test_vlunet_inference_in_bands_matches_the_official_forward(monkeypatch):
+    net = tiny_net(seed=3)
+    image, degradation = torch.rand(2, 3, 40, 24), torch.randn(2, 512)
+    expected = official_forward(plugin_to_official_state_dict(net.state_dict()), image, degradation)
+    monkeypatch.setattr(restormer_blocks, 'BAND_BYTES', 4096)  # a few rows per band at every level
+    with torch.no_grad():
+        assert relative_error(net(image, degradation), expected) < 1e-5
+
+
+def test_bands_need_at_least_min_bands_and_whole_maps_turns_them_off(monkeypatch):
+    ffn = _randomised(GatedFeedForward(8, 2.66))
+    x = _channels_last(1, 8, 12, 5, seed=4)
+    calls = []
+    original = restormer_blocks.depthwise_bands
+    monkeypatch.setattr(restormer_blocks, 'depthwise_bands', lambda *args: calls.append(args[-2]) or original(*args))
+    row_bytes = ffn.project_in.out_channels * 5 * 4
+    assert restormer_blocks.MIN_BANDS == 4
+    with torch.no_grad():
+        monkeypatch.setattr(restormer_blocks, 'BAND_BYTES', 4 * row_bytes)  # 3 bands: whole maps use less memory
+        ffn(x)
+        assert not calls
+        monkeypatch.setattr(restormer_blocks, 'BAND_BYTES', 3 * row_bytes)  # 4 bands
+        ffn(x)
+        assert calls == [[(0, 3), (3, 6), (6, 9), (9, 12)]]
+        with restormer_blocks.whole_maps():  # what the memory planner measures
+            ffn(x)
+        assert len(calls) == 1
+        ffn(x)
+    assert len(calls) == 2
