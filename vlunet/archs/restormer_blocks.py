@@ -94,7 +94,7 @@ def empty_map(like: torch.Tensor, channels: int) -> torch.Tensor:
 
 def matrix(x: torch.Tensor) -> torch.Tensor:
     """One channels-last image or band (1, C, h, W) -> its (h*W, C) pixel matrix, a view."""
-    return _rows(x)[0]
+    return pixel_rows(x)[0]
 
 
 def depthwise_bands(image: torch.Tensor, expand: nn.Conv2d, depthwise: nn.Conv2d, bands: List[Tuple[int, int]],
@@ -167,14 +167,14 @@ def autocast_enabled(x: torch.Tensor) -> bool:
     return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
+def pixel_rows(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, H*W, C): a view on channels-last maps and their channel slices (a copy otherwise)."""
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
-def _as_map(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def as_map(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B, H*W, C) -> (B, C, H, W) channels-last view, H and W from ``like``."""
-    return rows.view(rows.shape[0], *like.shape[-2:], rows.shape[-1]).permute(0, 3, 1, 2)
+    return tokens.view(tokens.shape[0], *like.shape[-2:], tokens.shape[-1]).permute(0, 3, 1, 2)
 
 
 def pointwise(x: torch.Tensor, conv: nn.Conv2d, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -185,11 +185,11 @@ def pointwise(x: torch.Tensor, conv: nn.Conv2d, residual: Optional[torch.Tensor]
     convolution would copy it first), and the residual sum is the product's accumulator (no second pass). The weight's gradient comes out contiguous:
     store 1x1 weights contiguous for DDP's gradient buckets.
     """
-    rows, weight = _rows(x), conv.weight.flatten(1).t()  # (B, H*W, C), (C, C_out)
+    rows, weight = pixel_rows(x), conv.weight.flatten(1).t()  # (B, H*W, C), (C, C_out)
     if _fuse_residual(rows, residual):
-        out = torch.addmm(_rows(residual).flatten(0, 1), rows.flatten(0, 1), weight)
-        return _as_map(out.view(x.shape[0], -1, out.shape[-1]), x)
-    out = _as_map(rows @ weight, x)
+        out = torch.addmm(pixel_rows(residual).flatten(0, 1), rows.flatten(0, 1), weight)
+        return as_map(out.view(x.shape[0], -1, out.shape[-1]), x)
+    out = as_map(rows @ weight, x)
     return out if residual is None else out + residual
 
 
@@ -267,9 +267,9 @@ def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         head matrix), produced as (B, H*W, C) from strided views of channels-last maps.
     """
     attention = attention_weights(query, key, temperature, heads).to(value.dtype)
-    v = _rows(value)
+    v = pixel_rows(value)
     outputs = [v_head @ attention[:, head].transpose(1, 2) for head, v_head in enumerate(v.chunk(heads, 2))]
-    return _as_map(outputs[0] if heads == 1 else torch.cat(outputs, dim=2), value)
+    return as_map(outputs[0] if heads == 1 else torch.cat(outputs, dim=2), value)
 
 
 def projected_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, temperature: torch.Tensor,
@@ -299,12 +299,12 @@ def project_values(attention: torch.Tensor, value: torch.Tensor, project_out: nn
     attention = attention.to(value.dtype)
     projection = project_out.weight.flatten(1).t().reshape(heads, c // heads, -1)  # (heads, C/heads, C_out)
     merged = (attention.transpose(2, 3) @ projection).reshape(b, c, -1)  # (B, C, C_out)
-    v = _rows(value)
+    v = pixel_rows(value)
     if _fuse_residual(v, residual):
         if scale is not None:
             merged = merged * scale.view(-1, 1, 1)
-        return _as_map(torch.baddbmm(_rows(residual), v, merged, beta=residual_weight), value)
-    out = _as_map(v @ merged, value)
+        return as_map(torch.baddbmm(pixel_rows(residual), v, merged, beta=residual_weight), value)
+    out = as_map(v @ merged, value)
     if scale is not None:
         out = out * scale.view(-1, 1, 1, 1)
     return out if residual is None else out + residual_weight * residual

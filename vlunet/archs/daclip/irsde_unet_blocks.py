@@ -30,23 +30,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vlunet.archs.restormer_blocks import BAND_BYTES, pointwise
+from vlunet.archs.restormer_blocks import BAND_BYTES, as_map, pixel_rows, pointwise
 
 
 def works_in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether ``x`` (a fresh result) may be overwritten: no autograd graph, and ``others`` of x's dtype
     (under autocast an out-of-place op would promote, as the release's does)."""
     return not torch.is_grad_enabled() and all(other.dtype == x.dtype for other in others)
-
-
-def rows(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W, C): a view of a channels-last map (a copy otherwise)."""
-    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
-
-
-def as_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W), a channels-last view."""
-    return tokens.view(tokens.shape[0], height, width, tokens.shape[-1]).permute(0, 3, 1, 2)
 
 
 def _whole() -> bool:
@@ -65,7 +55,7 @@ def _bands(tokens: torch.Tensor, channels: int) -> Iterator[Tuple[int, int, torc
 
 def linear_1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """A 1x1 ``conv`` (with its bias) as a matrix product on the rows of x: (B, C, H, W) -> (B, H*W, C_out)."""
-    return F.linear(rows(x), conv.weight.flatten(1), conv.bias)
+    return F.linear(pixel_rows(x), conv.weight.flatten(1), conv.bias)
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -264,7 +254,7 @@ class LinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, dim, height, width = x.shape
-        tokens = rows(x)  # (B, N, dim)
+        tokens = pixel_rows(x)  # (B, N, dim)
         w_q, w_k, w_v = self.to_qkv.weight.flatten(1).chunk(3)  # (heads·d, dim) each
         summary = self._summary(tokens, w_k, w_v) * (self.scale / (height * width))  # (B, heads, d, e)
         projection = self.to_out[0].weight.flatten(1).t().unflatten(0, (self.heads, -1))  # (heads, e, dim)
@@ -275,7 +265,7 @@ class LinearAttention(nn.Module):
         else:
             out = torch.cat([torch.baddbmm(bias, self._query(band, w_q), merged)
                              for _, _, band in _bands(tokens, w_q.shape[0])], dim=1)
-        return self.to_out[1](as_map(out, height, width))
+        return self.to_out[1](as_map(out, x))
 
 
 class MultiHeadAttention(nn.Module):
@@ -369,5 +359,5 @@ class SpatialTransformer(nn.Module):
         tokens = linear_1x1(self.norm(x), self.proj_in)  # (B, H*W, C)
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
-        out = as_map(F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias), *x.shape[-2:])
+        out = as_map(F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias), x)
         return out.add_(x) if works_in_place(out, x) else out + x
