@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlunet.archs.restormer_blocks import (TransposedSelfAttention, attention_from_bands, banded, depthwise_bands,
-                                           per_image, pointwise, project_values, projected_attention)
+                                           one_image, per_image, pointwise, project_values, projected_attention)
 
 
 class DegradationCrossAttention(nn.Module):
@@ -39,23 +39,23 @@ class DegradationCrossAttention(nn.Module):
         """Phi(x, key), minus ``subtract`` (B, C, H, W) if given (fused into the output product)."""
         bands = banded(x, self.qv.out_channels + self.k.out_channels)
         if bands is not None and key.is_contiguous(memory_format=torch.channels_last):
-            return per_image(lambda i: self._image_in_bands(x[i:i + 1], key[i:i + 1], subtract, i, bands), x.shape[0])
+            return per_image(lambda i: self._image_in_bands(x[i:i + 1], key[i:i + 1], one_image(subtract, i), bands),
+                             x.shape[0])
         query, value = self.qv_dwconv(pointwise(x, self.qv)).chunk(2, dim=1)
         key = self.k_dwconv(pointwise(key, self.k))
         return projected_attention(query, key, value, self.temperature, self.heads, self.project_out,
                                    residual=subtract, residual_weight=-1.0)
 
-    def _image_in_bands(self, image: torch.Tensor, key: torch.Tensor, subtract: Optional[torch.Tensor], index: int,
+    def _image_in_bands(self, image: torch.Tensor, key: torch.Tensor, subtract: Optional[torch.Tensor],
                         bands: List[Tuple[int, int]]) -> torch.Tensor:
-        """Image ``index`` (1, C, H, W) with q, v and k in bands of rows (no autograd; see
+        """One image (1, C, H, W) with q, v and k in bands of rows (no autograd; see
         :func:`~vlunet.archs.restormer_blocks.attention_from_bands`)."""
         qkv_bands = ((start, stop, query_value[:, :self.k.out_channels], key_band, query_value[:, self.k.out_channels:])
                      for (start, stop, query_value), (_, _, key_band)
                      in zip(depthwise_bands(image, self.qv, self.qv_dwconv, bands),
                             depthwise_bands(key, self.k, self.k_dwconv, bands)))
         attention, value = attention_from_bands(qkv_bands, image, self.temperature, self.heads)
-        return project_values(attention, value, self.project_out,
-                              None if subtract is None else subtract[index:index + 1], residual_weight=-1.0)
+        return project_values(attention, value, self.project_out, subtract, residual_weight=-1.0)
 
 
 class DegradationGuidedGradientStep(nn.Module):

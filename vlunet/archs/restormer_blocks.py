@@ -62,16 +62,20 @@ def row_bands(height: int, row_bytes: int) -> List[Tuple[int, int]]:
     return [(start, min(height, start + rows)) for start in range(0, height, rows)]
 
 
+def bands_allowed() -> bool:
+    """Whether blocks may work in bands: without autograd, outside :func:`whole_maps` and graph capture
+    (``torch.export``/ONNX/``torch.compile``: one graph for every size)."""
+    return _bands_enabled and not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
 def banded(x: torch.Tensor, expanded_channels: int) -> Optional[List[Tuple[int, int]]]:
     """The row bands of x (B, C, H, W) for a block expanding it to ``expanded_channels``, or None for the whole map.
 
-    Bands are used without autograd, in float32 without autocast, on channels-last maps, when the
-    expanded map of one image makes at least :data:`MIN_BANDS` bands of :data:`BAND_BYTES`, outside
-    :func:`whole_maps` and graph capture (``torch.export``/ONNX/``torch.compile``: one graph for every size).
+    Bands are used when :func:`bands_allowed`, in float32 without autocast, on channels-last maps, when the
+    expanded map of one image makes at least :data:`MIN_BANDS` bands of :data:`BAND_BYTES`.
     """
-    if not _bands_enabled or torch.is_grad_enabled() or x.dtype != torch.float32 or autocast_enabled(x) or \
-            not x.is_contiguous(memory_format=torch.channels_last) or torch.compiler.is_compiling() or \
-            torch.jit.is_tracing():
+    if not bands_allowed() or x.dtype != torch.float32 or autocast_enabled(x) or \
+            not x.is_contiguous(memory_format=torch.channels_last):
         return None
     bands = row_bands(x.shape[-2], expanded_channels * x.shape[-1] * x.element_size())
     return bands if len(bands) >= MIN_BANDS else None
@@ -82,7 +86,8 @@ def per_image(compute: Callable[[int], torch.Tensor], batch: int) -> torch.Tenso
     return compute(0) if batch == 1 else torch.cat([compute(i) for i in range(batch)])
 
 
-def _image(maps: Optional[torch.Tensor], index: int) -> Optional[torch.Tensor]:
+def one_image(maps: Optional[torch.Tensor], index: int) -> Optional[torch.Tensor]:
+    """Image ``index`` of (B, C, H, W) ``maps`` as (1, C, H, W) (None stays None)."""
     return None if maps is None else maps[index:index + 1]
 
 
@@ -330,7 +335,7 @@ class TransposedSelfAttention(nn.Module):
         """``residual + scale * MDTA(norm(x))``; ``norm``: a per-pixel module applied first (in bands: band by band)."""
         bands = banded(x, self.qkv.out_channels)
         if bands is not None:
-            return per_image(lambda i: self._image_in_bands(x[i:i + 1], _image(residual, i), scale, bands, norm),
+            return per_image(lambda i: self._image_in_bands(x[i:i + 1], one_image(residual, i), scale, bands, norm),
                              x.shape[0])
         x = x if norm is None else norm(x)
         query, key, value = self.qkv_dwconv(pointwise(x, self.qkv)).chunk(3, dim=1)
@@ -365,7 +370,7 @@ class GatedFeedForward(nn.Module):
         """``residual + GDFN(norm(x))``; ``norm``: a per-pixel module applied first (in bands: band by band)."""
         bands = banded(x, self.project_in.out_channels)
         if bands is not None:
-            return per_image(lambda i: self._image_in_bands(x[i:i + 1], _image(residual, i), bands, norm), x.shape[0])
+            return per_image(lambda i: self._image_in_bands(x[i:i + 1], one_image(residual, i), bands, norm), x.shape[0])
         x = x if norm is None else norm(x)
         gate, content = self.dwconv(pointwise(x, self.project_in)).chunk(2, dim=1)
         if torch.is_grad_enabled():

@@ -43,7 +43,7 @@ synthetic samples), ``gt_path``, ``task``, ``task_index``, ``text``; when any ta
 (:mod:`vlunet.data.daclip.daclip_captions`), also ``caption`` (``''`` where the file has none).
 """
 import random
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from basicsr.data.transforms import augment, paired_random_crop
@@ -223,15 +223,23 @@ class MixedDegradationDataset(data.Dataset):
             return np.random.default_rng([self.seed, task_index, sample_index])
         return np.random.default_rng([self.seed, index, random.getrandbits(32)])
 
-    def __getitem__(self, index: int) -> dict:
-        task_index, sample_index = self.composition[index]
+    def _read_sample(self, task_index: int, sample_index: int) -> Tuple[dict, np.ndarray, Optional[np.ndarray]]:
+        """(item, gt, lq) of a sample as read; lq is None for a synthetic task, a real pair's sizes are checked."""
         source = self.sources[task_index]
         item = source.items[sample_index]
         client = self._file_client(task_index)
         gt = read_image(client, item['gt_path'], 'gt')
-        if source.degradations is None:
-            lq = read_image(client, item['lq_path'], 'lq')
-            check_same_size(lq, gt, item['lq_path'], item['gt_path'])
+        if source.degradations is not None:
+            return item, gt, None
+        lq = read_image(client, item['lq_path'], 'lq')
+        check_same_size(lq, gt, item['lq_path'], item['gt_path'])
+        return item, gt, lq
+
+    def __getitem__(self, index: int) -> dict:
+        task_index, sample_index = self.composition[index]
+        source = self.sources[task_index]
+        item, gt, lq = self._read_sample(task_index, sample_index)
+        if lq is not None:
             gt, lq = self._crop(self._prepare(gt, item['gt_path']), self._prepare(lq, item['lq_path']), item['gt_path'])
             gt, lq = self._augment([gt, lq])
         else:

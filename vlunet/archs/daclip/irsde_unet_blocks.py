@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vlunet.archs.restormer_blocks import BAND_BYTES, as_map, pixel_rows, pointwise
+from vlunet.archs.restormer_blocks import as_map, bands_allowed, pixel_rows, pointwise, row_bands
 
 
 def works_in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:
@@ -39,18 +39,11 @@ def works_in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and all(other.dtype == x.dtype for other in others)
 
 
-def _whole() -> bool:
-    """Whether to compute whole maps rather than bands: with autograd, or while a graph is captured (export, compile)."""
-    return torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
 def _bands(tokens: torch.Tensor, channels: int) -> Iterator[Tuple[int, int, torch.Tensor]]:
     """(start, length, band) of consecutive positions of tokens (B, N, C) whose ``channels``-wide results fit
-    :data:`~vlunet.archs.restormer_blocks.BAND_BYTES`."""
-    rows_per_band = max(1, BAND_BYTES // (tokens.shape[0] * channels * tokens.element_size()))
-    for start in range(0, tokens.shape[1], rows_per_band):
-        band = tokens[:, start:start + rows_per_band]
-        yield start, band.shape[1], band
+    :data:`~vlunet.archs.restormer_blocks.BAND_BYTES` (:func:`~vlunet.archs.restormer_blocks.row_bands`)."""
+    for start, stop in row_bands(tokens.shape[1], tokens.shape[0] * channels * tokens.element_size()):
+        yield start, stop - start, tokens[:, start:stop]
 
 
 def linear_1x1(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -220,8 +213,9 @@ class LinearAttention(nn.Module):
     Per head, with N = H·W: out = to_out(summaryᵀ · softmax(q)·scale), summary = softmax(k) · (v/N)ᵀ.
     Computed as softmax(q) (B, N, heads·d) times one (B, heads·d, dim) matrix that merges the
     summaries, both scales and the output projection. Without autograd, q, v and the output are
-    computed in bands of positions (:data:`BAND_BYTES`) and k's exponentials in place, with the
-    softmax's normalisation applied to the small summary: no full-size q, v or softmax copies.
+    computed in bands of positions (:data:`~vlunet.archs.restormer_blocks.BAND_BYTES`) and k's
+    exponentials in place, with the softmax's normalisation applied to the small summary: no
+    full-size q, v or softmax copies.
     Shapes: (B, dim, H, W) -> (B, dim, H, W).
     """
 
@@ -245,7 +239,7 @@ class LinearAttention(nn.Module):
     def _summary(self, tokens: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor) -> torch.Tensor:
         """softmax(k) · vᵀ per head over all N positions: (B, N, dim) -> (B, heads, d, e)."""
         k = torch.bmm(w_k.expand(tokens.shape[0], -1, -1), tokens.transpose(1, 2))  # (B, heads·d, N)
-        if _whole():
+        if not bands_allowed():
             return self._head_products(k.softmax(dim=-1), tokens @ w_v.t())
         k = k.sub_(k.amax(dim=-1, keepdim=True)).exp_()
         products = sum(self._head_products(k[:, :, start:start + len_band], band @ w_v.t())
@@ -260,7 +254,7 @@ class LinearAttention(nn.Module):
         projection = self.to_out[0].weight.flatten(1).t().unflatten(0, (self.heads, -1))  # (heads, e, dim)
         merged = (summary @ projection).flatten(1, 2)  # (B, heads·d, dim)
         bias = self.to_out[0].bias.to(merged.dtype).expand(batch, 1, dim)
-        if _whole():
+        if not bands_allowed():
             out = torch.baddbmm(bias, self._query(tokens, w_q), merged)
         else:
             out = torch.cat([torch.baddbmm(bias, self._query(band, w_q), merged)

@@ -204,17 +204,12 @@ class PerceiveIRRestorationDataset(MixedDegradationDataset):
 
     def _degraded_pair(self, index: int, task_index: int, sample_index: int) -> Tuple[np.ndarray, np.ndarray, tuple]:
         """(prepared gt, prepared lq, the degraded image's size before preparation) of a sample, uncropped."""
-        source = self.sources[task_index]
-        item = source.items[sample_index]
-        client = self._file_client(task_index)
-        gt = read_image(client, item['gt_path'], 'gt')
-        if source.degradations is None:
-            lq = read_image(client, item['lq_path'], 'lq')
-            check_same_size(lq, gt, item['lq_path'], item['gt_path'])
+        item, gt, lq = self._read_sample(task_index, sample_index)
+        if lq is not None:
             return self._prepare(gt, item['gt_path']), self._prepare(lq, item['lq_path']), lq.shape
         gt_shape, gt = gt.shape, self._prepare(gt, item['gt_path'])
         rng = self._degradation_rng(index, task_index, sample_index)
-        return gt, apply_degradations(gt, rng, source.degradations), gt_shape
+        return gt, apply_degradations(gt, rng, self.sources[task_index].degradations), gt_shape
 
     def load(self, index: int, task_index: int, sample_index: int) -> dict:
         """The sample of ``(task_index, sample_index)`` (``index`` seeds random synthetic degradations)."""
