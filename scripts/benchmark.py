@@ -54,6 +54,7 @@ from model_stats import count_macs, network_options
 from vlunet.options import OptionError
 from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
 from vlunet.utils.atomic_write import atomic_write_text
+from vlunet.utils.cpu_memory import freed_memory_kept, keep_freed_memory
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
 from vlunet.utils.safe_load import safe_torch_load
 from vlunet.utils.tiling import TileOptions, restore
@@ -354,7 +355,8 @@ def machine_info(device: torch.device) -> dict:
     except (OSError, StopIteration):
         pass
     info = {'cpu': cpu, 'threads': torch.get_num_threads(), 'torch': torch.__version__, 'device': str(device),
-            'python': platform.python_version()}
+            'python': platform.python_version(),
+            'malloc': 'freed memory kept (keep_freed_memory)' if freed_memory_kept() else 'system default'}
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
     return info
@@ -452,7 +454,8 @@ def markdown(results: dict) -> str:
     mode = results['precision'] + (' + torch.compile' if results['compile'] else '')
     lines = [f'Machine: {machine["cpu"]}, {machine["threads"]} threads, torch {machine["torch"]}, '
              f'device {machine["device"]}{", " + machine["gpu"] if "gpu" in machine else ""}; '
-             f'fp32 matmul {results["matmul_gflops"]:.0f} GFLOP/s. Ours: {mode}. Times: median (min-max).']
+             f'fp32 matmul {results["matmul_gflops"]:.0f} GFLOP/s; malloc: {machine["malloc"]}. Ours: {mode}. '
+             'Times: median (min-max).']
     baseline = results.get('baseline')
     column = 'official' if (baseline or {}).get('kind') == 'official-file' else 're-impl. of official'
     if baseline:
@@ -542,6 +545,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as vlunet's entry points do; both sides of a comparison run with it
     try:
         results = run_benchmark(args, network_options(args.opt, args.arch_json))
     except (OptionError, json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as error:

@@ -36,6 +36,7 @@ import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
 from benchmark import machine_info, relative_error, smooth_images, time_alternating
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.utils.atomic_write import atomic_write_text
+from vlunet.utils.cpu_memory import keep_freed_memory
 from vlunet.utils.daclip.irsde_restore import IRSDERestoration
 
 TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
@@ -147,7 +148,7 @@ def _ms(entry: dict) -> str:
 def markdown(results: dict) -> str:
     machine = results['machine']
     lines = [f'ConditionalUNet ({results["parameters"]:,} parameters), {machine["cpu"]}, {machine["threads"]} threads, '
-             f'torch {machine["torch"]}, {machine["device"]}; baseline: {results["baseline"]}', '',
+             f'torch {machine["torch"]}, {machine["device"]}, malloc: {machine["malloc"]}; baseline: {results["baseline"]}', '',
              '| measurement | ours | baseline | speed-up | max rel. error |', '|---|---|---|---|---|']
     for size, entry in results['forward'].items():
         speedup = entry['baseline']['median_s'] / entry['ours']['median_s']
@@ -190,6 +191,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as vlunet's entry points do; both sides of a comparison run with it
     try:
         results = run_benchmark(args)
     except (FileNotFoundError, ImportError, AttributeError, json.JSONDecodeError, TypeError, RuntimeError) as error:

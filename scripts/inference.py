@@ -47,6 +47,7 @@ from vlunet.data.pair_sources import IMAGE_EXTENSIONS  # noqa: E402
 from vlunet.inference import DEFAULT_ENCODER, Restorer, load_image, save_image  # noqa: E402
 from vlunet.models.degradation_classification import PromptScorer  # noqa: E402
 from vlunet.options import OptionError  # noqa: E402
+from vlunet.utils.cpu_memory import keep_freed_memory  # noqa: E402
 from vlunet.utils.memory_model import parse_memory_size  # noqa: E402
 from vlunet.utils.tiling import AUTO  # noqa: E402
 
@@ -336,6 +337,7 @@ def restore_all(restorer: Restorer, jobs: List[Job]) -> Outcome:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()
     try:
         return run(args)
     except KeyboardInterrupt:  # before restoring started (restore_all reports its own interruption)

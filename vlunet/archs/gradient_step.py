@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlunet.archs.restormer_backward import AttentionChannels, fused_projected_attention
 from vlunet.archs.restormer_blocks import (TransposedSelfAttention, attention_from_bands, banded, depthwise_bands,
-                                           one_image, per_image, pointwise, project_values, projected_attention)
+                                           fused_backward_allowed, one_image, per_image, pointwise, project_values,
+                                           projected_attention)
 
 
 class DegradationCrossAttention(nn.Module):
@@ -41,8 +43,14 @@ class DegradationCrossAttention(nn.Module):
         if bands is not None and key.is_contiguous(memory_format=torch.channels_last):
             return per_image(lambda i: self._image_in_bands(x[i:i + 1], key[i:i + 1], one_image(subtract, i), bands),
                              x.shape[0])
-        query, value = self.qv_dwconv(pointwise(x, self.qv)).chunk(2, dim=1)
+        query_value = self.qv_dwconv(pointwise(x, self.qv))
         key = self.k_dwconv(pointwise(key, self.k))
+        if fused_backward_allowed(query_value) and key.is_contiguous(memory_format=torch.channels_last):
+            channels = key.shape[1]
+            return fused_projected_attention(query_value, key, AttentionChannels(0, 0, channels, channels, self.heads),
+                                             self.temperature, self.project_out.weight, residual=subtract,
+                                             residual_weight=-1.0)
+        query, value = query_value.chunk(2, dim=1)
         return projected_attention(query, key, value, self.temperature, self.heads, self.project_out,
                                    residual=subtract, residual_weight=-1.0)
 

@@ -16,6 +16,8 @@ product, and without autograd the GDFN gates in place. Without autograd on large
 their expanded maps (2-5x the input) exist one band at a time in reused, cache-sized buffers, each
 expanded row computed once; the attention sums its q @ k^T and norms band by band. Same values (to
 float rounding) and the same multiply-adds; the layer norm before a block is applied band by band too.
+In float32 training (:func:`fused_backward_allowed`) the attentions run with a hand-written backward
+(:mod:`vlunet.archs.restormer_backward`) and the GDFN computes its gate and content as two maps.
 """
 import contextlib
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
@@ -23,6 +25,9 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vlunet.archs.channels_last_math import as_map, head_grams, normalized_attention, pixel_rows
+from vlunet.archs.restormer_backward import AttentionChannels, fused_projected_attention, weight_halves
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -66,6 +71,15 @@ def bands_allowed() -> bool:
     """Whether blocks may work in bands: without autograd, outside :func:`whole_maps` and graph capture
     (``torch.export``/ONNX/``torch.compile``: one graph for every size)."""
     return _bands_enabled and not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing())
+
+
+def fused_backward_allowed(x: torch.Tensor) -> bool:
+    """Whether a block may take its training path (the attention's hand-written backward of
+    :mod:`vlunet.archs.restormer_backward`, the GDFN's separate halves): with autograd, on a float32
+    channels-last map, without autocast and outside graph capture."""
+    return torch.is_grad_enabled() and x.dtype == torch.float32 and not autocast_enabled(x) and \
+        x.is_contiguous(memory_format=torch.channels_last) and \
+        not (torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 
 def banded(x: torch.Tensor, expanded_channels: int) -> Optional[List[Tuple[int, int]]]:
@@ -172,16 +186,6 @@ def autocast_enabled(x: torch.Tensor) -> bool:
     return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
-def pixel_rows(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W, C): a view on channels-last maps and their channel slices (a copy otherwise)."""
-    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
-
-
-def as_map(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B, H*W, C) -> (B, C, H, W) channels-last view, H and W from ``like``."""
-    return tokens.view(tokens.shape[0], *like.shape[-2:], tokens.shape[-1]).permute(0, 3, 1, 2)
-
-
 def pointwise(x: torch.Tensor, conv: nn.Conv2d, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The bias-free 1x1 ``conv`` of x (B, C, H, W) (plus ``residual``), as one matrix product on (B, H*W, C).
 
@@ -241,20 +245,6 @@ def attention_weights(query: torch.Tensor, key: torch.Tensor, temperature: torch
     logits = head_grams(q, k, heads).float()
     if not normalize_first:
         return normalized_attention(logits, query_norm, key_norm, temperature)
-    return (logits * temperature.view(1, heads, 1, 1)).softmax(dim=-1)
-
-
-def head_grams(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """q, k (B, C, N) -> (B, heads, C/heads, C/heads): per head q @ k^T (channels grouped head-major)."""
-    return torch.stack([q_head @ k_head.transpose(1, 2) for q_head, k_head in zip(q.chunk(heads, 1), k.chunk(heads, 1))],
-                       dim=1)
-
-
-def normalized_attention(grams: torch.Tensor, query_norm: torch.Tensor, key_norm: torch.Tensor,
-                         temperature: torch.Tensor) -> torch.Tensor:
-    """softmax(q @ k^T / (|q| |k|^T) * temperature) from the float32 grams (B, heads, c, c) and norms (B, C)."""
-    b, heads = grams.shape[:2]
-    logits = grams / (query_norm.view(b, heads, -1, 1) * key_norm.view(b, heads, 1, -1))
     return (logits * temperature.view(1, heads, 1, 1)).softmax(dim=-1)
 
 
@@ -338,7 +328,12 @@ class TransposedSelfAttention(nn.Module):
             return per_image(lambda i: self._image_in_bands(x[i:i + 1], one_image(residual, i), scale, bands, norm),
                              x.shape[0])
         x = x if norm is None else norm(x)
-        query, key, value = self.qkv_dwconv(pointwise(x, self.qkv)).chunk(3, dim=1)
+        qkv = self.qkv_dwconv(pointwise(x, self.qkv))
+        if fused_backward_allowed(qkv):
+            channels = qkv.shape[1] // 3
+            return fused_projected_attention(qkv, None, AttentionChannels(0, channels, 2 * channels, channels, self.heads),
+                                             self.temperature, self.project_out.weight, scale, residual)
+        query, key, value = qkv.chunk(3, dim=1)
         return projected_attention(query, key, value, self.temperature, self.heads, self.project_out, residual,
                                    scale)
 
@@ -372,12 +367,28 @@ class GatedFeedForward(nn.Module):
         if bands is not None:
             return per_image(lambda i: self._image_in_bands(x[i:i + 1], one_image(residual, i), bands, norm), x.shape[0])
         x = x if norm is None else norm(x)
+        if fused_backward_allowed(x):
+            gate, content = (self._expanded(x, expand, depthwise) for expand, depthwise
+                             in zip(weight_halves(self.project_in.weight), weight_halves(self.dwconv.weight)))
+            return pointwise(F.gelu(gate) * content, self.project_out, residual)
         gate, content = self.dwconv(pointwise(x, self.project_in)).chunk(2, dim=1)
         if torch.is_grad_enabled():
             gated = F.gelu(gate) * content
         else:  # no graph to keep: GELU and gating in place, in the first half (read in place by the product)
             gated = torch.ops.aten.gelu_(gate).mul_(content)
         return pointwise(gated, self.project_out, residual)
+
+    @staticmethod
+    def _expanded(x: torch.Tensor, expand_weight: torch.Tensor, depthwise_weight: torch.Tensor) -> torch.Tensor:
+        """The gate or the content, (B, hidden, H, W) channels-last: ``depthwise(pointwise(x))`` with the given
+        half of ``project_in``'s and ``dwconv``'s weights, computed on its own (a map of its own, not a strided
+        half of a 2 x hidden one).
+
+        For training: the GELU, the gating and their backward run 1.5-2.5x faster on whole maps, and the two
+        halves' gradients need no concatenation. Same products, values and gradients.
+        """
+        expanded = as_map(pixel_rows(x) @ expand_weight.flatten(1).t(), x)
+        return F.conv2d(expanded, depthwise_weight, padding=1, groups=depthwise_weight.shape[0])
 
     def _image_in_bands(self, image: torch.Tensor, residual: Optional[torch.Tensor], bands: List[Tuple[int, int]],
                         norm: Optional[nn.Module]) -> torch.Tensor:

@@ -22,7 +22,8 @@ Predictions are multiplied by :data:`MEMORY_MARGIN` for what the torch allocator
 C allocator's fragmentation and caches, CUDA's caching allocator).
 
 Budgets: :func:`available_memory` is free CUDA memory (``torch.cuda.mem_get_info`` plus what torch's
-caching allocator holds unused) or, on CPU, the system's available RAM (``psutil``, on every OS), times :data:`AVAILABLE_FRACTION`;
+caching allocator holds unused) or, on CPU, the system's available RAM (``psutil``, on every OS, plus what
+this process holds freed: :func:`vlunet.utils.cpu_memory.held_free_bytes`), times :data:`AVAILABLE_FRACTION`;
 :func:`parse_memory_size` reads an explicit budget such as ``'2GB'``.
 """
 import contextlib
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from vlunet.archs.restormer_blocks import whole_maps
+from vlunet.utils.cpu_memory import held_free_bytes
 
 ImageFunction = Callable[[torch.Tensor], torch.Tensor]
 # Side lengths of the two measurement images (rounded up to the network's size multiple).
@@ -94,7 +96,8 @@ def available_memory(device: torch.device) -> Tuple[int, str]:
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(AVAILABLE_FRACTION * (free + cached)), f'{AVAILABLE_FRACTION:.0%} of free memory on {device}'
     if device.type == 'cpu':
-        return int(AVAILABLE_FRACTION * psutil.virtual_memory().available), f'{AVAILABLE_FRACTION:.0%} of available RAM'
+        available = psutil.virtual_memory().available + held_free_bytes()
+        return int(AVAILABLE_FRACTION * available), f'{AVAILABLE_FRACTION:.0%} of available RAM'
     raise ValueError(f'cannot tell how much memory {device} has free; give a budget: tile: {{size: auto, '
                      'max_memory: 4GB}} (option file / Restorer) or --max-memory 4GB (scripts/inference.py).')
 

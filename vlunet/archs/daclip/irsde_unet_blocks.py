@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vlunet.archs.restormer_blocks import as_map, bands_allowed, pixel_rows, pointwise, row_bands
+from vlunet.archs.channels_last_math import as_map, pixel_rows
+from vlunet.archs.restormer_blocks import bands_allowed, pointwise, row_bands
 
 
 def works_in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:
