@@ -545,7 +545,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as vlunet's entry points do; both sides of a comparison run with it
     try:
         results = run_benchmark(args, network_options(args.opt, args.arch_json))
     except (OptionError, json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as error:
@@ -558,4 +557,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    keep_freed_memory()  # a process of its own: both sides of a comparison reuse freed memory
     sys.exit(main())

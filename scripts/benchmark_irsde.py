@@ -191,7 +191,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    keep_freed_memory()  # as vlunet's entry points do; both sides of a comparison run with it
     try:
         results = run_benchmark(args)
     except (FileNotFoundError, ImportError, AttributeError, json.JSONDecodeError, TypeError, RuntimeError) as error:
@@ -204,4 +203,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    keep_freed_memory()  # a process of its own: both sides of a comparison reuse freed memory
     sys.exit(main())

@@ -337,7 +337,6 @@ def restore_all(restorer: Restorer, jobs: List[Job]) -> Outcome:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    keep_freed_memory()
     try:
         return run(args)
     except KeyboardInterrupt:  # before restoring started (restore_all reports its own interruption)
@@ -381,4 +380,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == '__main__':
+    keep_freed_memory()  # a process of its own: reuse freed CPU memory (vlunet/utils/cpu_memory.py)
     sys.exit(main())

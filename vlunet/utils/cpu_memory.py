@@ -6,12 +6,14 @@ faults its large feature maps in again page by page: 300,000 to 500,000 page fau
 second of system time per VLU-Net step at batch 2, 128 x 128 (measured on a 2-core Xeon). Serving
 them from the heap and keeping the freed heap makes the next step reuse the same pages.
 
-:func:`keep_freed_memory` is called by vlunet's entry points (``vlunet/train.py``, ``vlunet/test.py``,
-``scripts/inference.py``, ``scripts/benchmark.py``), never on ``import vlunet``: it changes the whole
+:func:`keep_freed_memory` is called by vlunet's entry points (``vlunet/train.py`` and ``vlunet/test.py``
+through :mod:`vlunet.entry`; ``scripts/inference.py``, ``scripts/benchmark.py`` and ``scripts/benchmark_irsde.py``
+when run as scripts), never on ``import vlunet`` or by a ``main()`` called in-process: it changes the whole
 process. The process's memory then stays at its peak until it exits (as with PyTorch's CUDA caching
-allocator); the peak itself does not grow, and :func:`held_free_bytes` tells how much of it is free for
-reuse (the CPU memory budget of ``tile: auto`` counts it as available). Set ``VLUNET_KEEP_FREED_MEMORY=0`` to keep glibc's
-defaults; other C libraries (macOS, musl) are left alone.
+allocator); the peak grows little (6.6 to 6.8 GB in a VLU-Net training run at batch 2, 128 x 128), and
+:func:`held_free_bytes` tells how much of it is free for reuse (the CPU memory budget of ``tile: auto``
+counts it as available). Set ``VLUNET_KEEP_FREED_MEMORY=0`` to keep glibc's defaults; other C libraries
+(macOS, musl) are left alone.
 """
 import ctypes
 import os
