@@ -29,6 +29,10 @@ weights or ``--weights`` = a converted checkpoint):
   (max abs / rel, PSNR on the smooth benchmark image); with ``--compile``: ``torch.compile`` of ours
   (the first, compiling run is reported separately);
 - with ``--tiled-4k``: restoring a ``--tiled-size`` image in ``--tile``/``--overlap`` tiles.
+
+Run as a script, the process keeps freed memory for reuse (``vlunet/utils/cpu_memory.py``, as vlunet's entry
+points do), for both sides of a comparison; ``VLUNET_KEEP_FREED_MEMORY=0`` measures both with glibc's default
+allocator instead. The machine line says which.
 """
 import argparse
 import importlib.util

@@ -18,6 +18,9 @@ Measures, for the released configuration (48,975,747 parameters; ``--arch-json``
 - with ``--train-size``: a training step (forward, L1 loss, backward) of a ``--train-batch`` batch;
 - with ``--restore-steps N``: the wall time of one N-step posterior-sampling restoration of a
   ``--sizes[0]``² image with our network (contexts given, as the Restorer computes them once).
+
+Run as a script, the process keeps freed memory for reuse (``vlunet/utils/cpu_memory.py``) for both sides;
+``VLUNET_KEEP_FREED_MEMORY=0`` measures both with glibc's default allocator.
 """
 import argparse
 import importlib.util
