@@ -167,7 +167,10 @@ class _WeightHalves(torch.autograd.Function):
         shape, stride, dtype, device = ctx.layout
         grad = torch.empty_strided(shape, stride, dtype=dtype, device=device)
         for half, half_grad in zip(grad.chunk(2), half_grads):
-            half.zero_() if half_grad is None else half.copy_(half_grad)
+            if half_grad is None:
+                half.zero_()
+            else:
+                half.copy_(half_grad)
         return grad
 
 
