@@ -111,7 +111,7 @@ def test_an_all_zero_channel_gets_the_official_finite_gradients():
     assert torch.allclose(ours, official, atol=1e-12)
 
 
-def test_used_only_for_float32_training():
+def test_used_only_for_float32_training_on_cpu():
     attention = TransposedSelfAttention(8, 2)
     x = channels_last(1, 8, 4, 4)
     ffn = GatedFeedForward(8, 2.66)
@@ -123,4 +123,7 @@ def test_used_only_for_float32_training():
         assert 'SplitBackward0' in backward_nodes(ffn(x))
     with torch.no_grad():
         assert attention(x).grad_fn is None
+    assert restormer_blocks.fused_backward_allowed(x)
+    assert not restormer_blocks.fused_backward_allowed(torch.empty(1, 8, 4, 4, device='meta').contiguous(
+        memory_format=torch.channels_last))  # CPU only: CUDA keeps autograd's path
     assert '_ProjectedChannelAttentionBackward' not in backward_nodes(attention.double()(x.double()))

@@ -43,8 +43,9 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
     Outputs (``experiments/``, ``results/``, ``tb_logger/``) go under the directory the command is
     run from, also when vlunet is pip-installed: basicsr 1.4.2 puts them under ``root_path``.
     ``--verbose`` also shows the network structure and the option dump on the console (they are always
-    in the log file). Freed CPU memory is kept for reuse (:mod:`vlunet.utils.cpu_memory`). The process group BasicSR opened is closed at the end (basicsr never does; gloo
-    ranks that exit with it still open can abort with SIGABRT at interpreter shutdown).
+    in the log file). Freed CPU memory is kept for reuse (:mod:`vlunet.utils.cpu_memory`). The process
+    group BasicSR opened is closed at the end (basicsr never does; gloo ranks that exit with it still
+    open can abort with SIGABRT at interpreter shutdown).
     """
     keep_freed_memory()
     sys.argv = compat.normalize_local_rank_argument(sys.argv)

@@ -47,9 +47,9 @@ class DegradationCrossAttention(nn.Module):
         key = self.k_dwconv(pointwise(key, self.k))
         if fused_backward_allowed(query_value) and key.is_contiguous(memory_format=torch.channels_last):
             channels = key.shape[1]
-            return fused_projected_attention(query_value, key, AttentionChannels(0, 0, channels, channels, self.heads),
-                                             self.temperature, self.project_out.weight, residual=subtract,
-                                             residual_weight=-1.0)
+            layout = AttentionChannels(query=0, key=0, value=channels, channels=channels, heads=self.heads)
+            return fused_projected_attention(query_value, key, layout, self.temperature, self.project_out.weight,
+                                             residual=subtract, residual_weight=-1.0)
         query, value = query_value.chunk(2, dim=1)
         return projected_attention(query, key, value, self.temperature, self.heads, self.project_out,
                                    residual=subtract, residual_weight=-1.0)

@@ -16,7 +16,7 @@ product, and without autograd the GDFN gates in place. Without autograd on large
 their expanded maps (2-5x the input) exist one band at a time in reused, cache-sized buffers, each
 expanded row computed once; the attention sums its q @ k^T and norms band by band. Same values (to
 float rounding) and the same multiply-adds; the layer norm before a block is applied band by band too.
-In float32 training (:func:`fused_backward_allowed`) the attentions run with a hand-written backward
+In float32 training on CPU (:func:`fused_backward_allowed`) the attentions run with a hand-written backward
 (:mod:`vlunet.archs.restormer_backward`) and the GDFN computes its gate and content as two maps.
 """
 import contextlib
@@ -74,11 +74,12 @@ def bands_allowed() -> bool:
 
 
 def fused_backward_allowed(x: torch.Tensor) -> bool:
-    """Whether a block may take its training path (the attention's hand-written backward of
+    """Whether a block may take its CPU training path (the attention's hand-written backward of
     :mod:`vlunet.archs.restormer_backward`, the GDFN's separate halves): with autograd, on a float32
-    channels-last map, without autocast and outside graph capture."""
-    return torch.is_grad_enabled() and x.dtype == torch.float32 and not autocast_enabled(x) and \
-        x.is_contiguous(memory_format=torch.channels_last) and \
+    channels-last CPU map, without autocast and outside graph capture. (What it saves, layout reorders of
+    oneDNN's depthwise backward and passes over fresh memory, is CPU-specific; CUDA keeps autograd's path.)"""
+    return torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32 and \
+        not autocast_enabled(x) and x.is_contiguous(memory_format=torch.channels_last) and \
         not (torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 
@@ -331,8 +332,9 @@ class TransposedSelfAttention(nn.Module):
         qkv = self.qkv_dwconv(pointwise(x, self.qkv))
         if fused_backward_allowed(qkv):
             channels = qkv.shape[1] // 3
-            return fused_projected_attention(qkv, None, AttentionChannels(0, channels, 2 * channels, channels, self.heads),
-                                             self.temperature, self.project_out.weight, scale, residual)
+            layout = AttentionChannels(query=0, key=channels, value=2 * channels, channels=channels, heads=self.heads)
+            return fused_projected_attention(qkv, None, layout, self.temperature, self.project_out.weight, scale,
+                                             residual)
         query, key, value = qkv.chunk(3, dim=1)
         return projected_attention(query, key, value, self.temperature, self.heads, self.project_out, residual,
                                    scale)
