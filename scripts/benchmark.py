@@ -58,7 +58,7 @@ from model_stats import count_macs, network_options
 from vlunet.options import OptionError
 from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
 from vlunet.utils.atomic_write import atomic_write_text
-from vlunet.utils.cpu_memory import freed_memory_kept, keep_freed_memory
+from vlunet.utils.cpu_memory import freed_memory_kept, keep_freed_memory_in_entry_point
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
 from vlunet.utils.safe_load import safe_torch_load
 from vlunet.utils.tiling import TileOptions, restore
@@ -561,5 +561,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    keep_freed_memory()  # a process of its own: both sides of a comparison reuse freed memory
+    keep_freed_memory_in_entry_point()  # a process of its own: both sides of a comparison reuse freed memory
     sys.exit(main())

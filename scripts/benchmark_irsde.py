@@ -39,7 +39,7 @@ import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
 from benchmark import machine_info, relative_error, smooth_images, time_alternating
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.utils.atomic_write import atomic_write_text
-from vlunet.utils.cpu_memory import keep_freed_memory
+from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.daclip.irsde_restore import IRSDERestoration
 
 TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
@@ -151,7 +151,8 @@ def _ms(entry: dict) -> str:
 def markdown(results: dict) -> str:
     machine = results['machine']
     lines = [f'ConditionalUNet ({results["parameters"]:,} parameters), {machine["cpu"]}, {machine["threads"]} threads, '
-             f'torch {machine["torch"]}, {machine["device"]}, malloc: {machine["malloc"]}; baseline: {results["baseline"]}', '',
+             f'torch {machine["torch"]}, {machine["device"]}, malloc: {machine["malloc"]}; '
+             f'baseline: {results["baseline"]}', '',
              '| measurement | ours | baseline | speed-up | max rel. error |', '|---|---|---|---|---|']
     for size, entry in results['forward'].items():
         speedup = entry['baseline']['median_s'] / entry['ours']['median_s']
@@ -206,5 +207,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    keep_freed_memory()  # a process of its own: both sides of a comparison reuse freed memory
+    keep_freed_memory_in_entry_point()  # a process of its own: both sides of a comparison reuse freed memory
     sys.exit(main())

@@ -47,7 +47,7 @@ from vlunet.data.pair_sources import IMAGE_EXTENSIONS  # noqa: E402
 from vlunet.inference import DEFAULT_ENCODER, Restorer, load_image, save_image  # noqa: E402
 from vlunet.models.degradation_classification import PromptScorer  # noqa: E402
 from vlunet.options import OptionError  # noqa: E402
-from vlunet.utils.cpu_memory import keep_freed_memory  # noqa: E402
+from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point  # noqa: E402
 from vlunet.utils.memory_model import parse_memory_size  # noqa: E402
 from vlunet.utils.tiling import AUTO  # noqa: E402
 
@@ -380,5 +380,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == '__main__':
-    keep_freed_memory()  # a process of its own: reuse freed CPU memory (vlunet/utils/cpu_memory.py)
+    keep_freed_memory_in_entry_point()  # a process of its own: reuse freed CPU memory (vlunet/utils/cpu_memory.py)
     sys.exit(main())

@@ -10,7 +10,7 @@ import sys
 import psutil
 import pytest
 
-from vlunet.utils import memory_model
+from vlunet.utils import cpu_memory, memory_model
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='mallopt is glibc-only')
 
@@ -48,8 +48,26 @@ def test_the_environment_variable_keeps_the_system_default():
     assert not result['kept'] and result['held'] == 0
 
 
+def test_a_value_that_is_no_switch_is_an_error(monkeypatch):
+    monkeypatch.setattr(cpu_memory, '_applied', False)
+    monkeypatch.setenv('VLUNET_KEEP_FREED_MEMORY', 'maybe')
+    with pytest.raises(ValueError, match=r"VLUNET_KEEP_FREED_MEMORY='maybe' is not a switch: use 0"):
+        cpu_memory.keep_freed_memory()
+    monkeypatch.setenv('VLUNET_KEEP_FREED_MEMORY', 'Off')
+    assert not cpu_memory.keep_freed_memory() and not cpu_memory.freed_memory_kept()
+
+
 def test_the_cpu_budget_counts_the_held_memory_as_available(monkeypatch):
     monkeypatch.setattr(psutil, 'virtual_memory', lambda: type('Memory', (), {'available': 6 << 30})())
     monkeypatch.setattr(memory_model, 'held_free_bytes', lambda: 2 << 30)
     budget, _ = memory_model.available_memory('cpu')
     assert budget == int(memory_model.AVAILABLE_FRACTION * (8 << 30))
+
+
+def test_an_entry_point_reports_a_bad_switch_before_any_work(tmp_path):
+    train = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'vlunet', 'train.py')
+    completed = subprocess.run([sys.executable, train, '-opt', 'missing.yml'], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=120, env={**os.environ, 'VLUNET_KEEP_FREED_MEMORY': 'maybe'})
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines()[-1].startswith("error: VLUNET_KEEP_FREED_MEMORY='maybe' is not a switch")
+    assert list(tmp_path.iterdir()) == []

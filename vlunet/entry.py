@@ -10,7 +10,7 @@ from torch import distributed
 from vlunet import compat
 from vlunet.options import OptionError, check_option_file
 from vlunet.utils import console_log
-from vlunet.utils.cpu_memory import keep_freed_memory
+from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
 
 VERBOSE_FLAG = '--verbose'
@@ -47,7 +47,7 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
     group BasicSR opened is closed at the end (basicsr never does; gloo ranks that exit with it still
     open can abort with SIGABRT at interpreter shutdown).
     """
-    keep_freed_memory()
+    keep_freed_memory_in_entry_point()
     sys.argv = compat.normalize_local_rank_argument(sys.argv)
     console_log.set_verbose(VERBOSE_FLAG in sys.argv)
     sys.argv = [arg for arg in sys.argv if arg != VERBOSE_FLAG]  # ours, unknown to BasicSR's parser

@@ -18,22 +18,30 @@ counts it as available). Set ``VLUNET_KEEP_FREED_MEMORY=0`` to keep glibc's defa
 import ctypes
 import os
 import platform
+import sys
 
 M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
-DISABLE_VARIABLE = 'VLUNET_KEEP_FREED_MEMORY'
+SWITCH_VARIABLE = 'VLUNET_KEEP_FREED_MEMORY'
+SWITCH_VALUES = {'1': True, 'true': True, 'yes': True, 'on': True, '0': False, 'false': False, 'no': False,
+                 'off': False}
 _applied = False
 
 
 def keep_freed_memory() -> bool:
     """Serve large blocks from glibc's heap and never trim it (``mallopt``). Returns whether it is in effect.
 
-    No effect (False) outside glibc or with ``VLUNET_KEEP_FREED_MEMORY=0``. Idempotent.
+    No effect (False) outside glibc or with ``VLUNET_KEEP_FREED_MEMORY=0`` (or false/no/off). Idempotent.
+    Raises ValueError for another value of the variable.
     """
     global _applied
     if _applied:
         return True
-    if os.environ.get(DISABLE_VARIABLE, '1') == '0' or platform.libc_ver()[0] != 'glibc':
+    value = os.environ.get(SWITCH_VARIABLE, '1')
+    if value.strip().lower() not in SWITCH_VALUES:
+        raise ValueError(f'{SWITCH_VARIABLE}={value!r} is not a switch: use 0 to keep glibc\'s default allocator, '
+                         '1 (the default) to keep freed memory for reuse')
+    if not SWITCH_VALUES[value.strip().lower()] or platform.libc_ver()[0] != 'glibc':
         return False
     try:
         libc = ctypes.CDLL('libc.so.6')
@@ -41,6 +49,14 @@ def keep_freed_memory() -> bool:
         return False
     _applied = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
     return _applied
+
+
+def keep_freed_memory_in_entry_point() -> None:
+    """:func:`keep_freed_memory` for a command's process: a bad ``VLUNET_KEEP_FREED_MEMORY`` exits with its message."""
+    try:
+        keep_freed_memory()
+    except ValueError as err:
+        sys.exit(f'error: {err}')
 
 
 def freed_memory_kept() -> bool:
