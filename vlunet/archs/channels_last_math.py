@@ -27,3 +27,11 @@ def normalized_attention(grams: torch.Tensor, query_norm: torch.Tensor, key_norm
     b, heads = grams.shape[:2]
     logits = grams / (query_norm.view(b, heads, -1, 1) * key_norm.view(b, heads, 1, -1))
     return (logits * temperature.view(1, heads, 1, 1)).softmax(dim=-1)
+
+
+def attention_projection(attention: torch.Tensor, projection_weight: torch.Tensor) -> torch.Tensor:
+    """(B, C, C_out): the per-head attention weights (B, heads, c, c), block-diagonal, times the 1x1 projection
+    (C_out, C, 1, 1): one matrix that maps v's channels to the projected output."""
+    b, heads, c = attention.shape[:3]
+    projection = projection_weight.flatten(1).t().reshape(heads, c, -1)  # (heads, C/heads, C_out)
+    return (attention.transpose(2, 3) @ projection).reshape(b, heads * c, -1)

@@ -18,7 +18,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from vlunet.archs.channels_last_math import as_map, head_grams, normalized_attention, pixel_rows
+from vlunet.archs.channels_last_math import (as_map, attention_projection, head_grams, normalized_attention,
+                                            pixel_rows)
 
 
 class AttentionChannels(NamedTuple):
@@ -44,8 +45,8 @@ class AttentionChannels(NamedTuple):
 
 
 def merged_projection(grams: torch.Tensor, query_squares: torch.Tensor, key_squares: torch.Tensor,
-                      temperature: torch.Tensor, projection_weight: torch.Tensor, scale: Optional[torch.Tensor],
-                      heads: int) -> torch.Tensor:
+                      temperature: torch.Tensor, projection_weight: torch.Tensor,
+                      scale: Optional[torch.Tensor]) -> torch.Tensor:
     """(B, C, C_out): the attention weights of every head, block-diagonal, times the 1x1 projection and ``scale``.
 
     grams (B, heads, c, c) are the per-head q @ k^T, query/key_squares (B, C) the squared L2 norms of
@@ -53,10 +54,7 @@ def merged_projection(grams: torch.Tensor, query_squares: torch.Tensor, key_squa
     their gradient is 0, not NaN, for an all-zero channel).
     """
     query_norm, key_norm = (squares.clamp_min(1e-24).sqrt() for squares in (query_squares, key_squares))
-    attention = normalized_attention(grams, query_norm, key_norm, temperature)
-    b, c = query_squares.shape
-    projection = projection_weight.flatten(1).t().reshape(heads, c // heads, -1)  # (heads, C/heads, C_out)
-    merged = (attention.transpose(2, 3) @ projection).reshape(b, c, -1)
+    merged = attention_projection(normalized_attention(grams, query_norm, key_norm, temperature), projection_weight)
     return merged if scale is None else merged * scale.view(-1, 1, 1)
 
 
@@ -71,8 +69,7 @@ class _ProjectedChannelAttention(torch.autograd.Function):
         q, k = channels.query_of(source).flatten(2), channels.key_of(keys).flatten(2)  # (B, C, H*W)
         grams = head_grams(q, k, channels.heads)
         query_squares, key_squares = q.square().sum(dim=-1), k.square().sum(dim=-1)
-        merged = merged_projection(grams, query_squares, key_squares, temperature, projection_weight, scale,
-                                   channels.heads)
+        merged = merged_projection(grams, query_squares, key_squares, temperature, projection_weight, scale)
         value = channels.value_of(source)
         if residual is None:
             out = pixel_rows(value) @ merged
@@ -91,7 +88,7 @@ class _ProjectedChannelAttention(torch.autograd.Function):
         grad = pixel_rows(grad_out.contiguous(memory_format=torch.channels_last))  # (B, H*W, C_out)
         value_rows = pixel_rows(channels.value_of(source))
         small_grads = _merged_projection_grads(value_rows.transpose(1, 2) @ grad, grams, query_squares, key_squares,
-                                               temperature, weight, scale, channels.heads)
+                                               temperature, weight, scale)
         grad_grams, grad_query_squares, grad_key_squares, grad_temperature, grad_weight, grad_scale = small_grads
         source_grad = torch.empty_like(source, memory_format=torch.channels_last)
         key_grad = source_grad if key_source is None else torch.empty_like(key_source,
@@ -113,14 +110,14 @@ class _ProjectedChannelAttention(torch.autograd.Function):
 
 def _merged_projection_grads(grad_merged: torch.Tensor, grams: torch.Tensor, query_squares: torch.Tensor,
                              key_squares: torch.Tensor, temperature: torch.Tensor, weight: torch.Tensor,
-                             scale: Optional[torch.Tensor], heads: int) -> Tuple[Optional[torch.Tensor], ...]:
+                             scale: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
     """The gradients of :func:`merged_projection`'s inputs from that of its output (small C x C matrices:
     autograd on a recomputation). None for ``scale`` when it is None."""
     inputs = [tensor.detach().requires_grad_() for tensor in (grams, query_squares, key_squares, temperature, weight)]
     if scale is not None:
         inputs.append(scale.detach().requires_grad_())
     with torch.enable_grad():
-        merged = merged_projection(*inputs[:5], inputs[5] if scale is not None else None, heads)
+        merged = merged_projection(*inputs[:5], inputs[5] if scale is not None else None)
         grads = torch.autograd.grad(merged, inputs, grad_merged)
     return tuple(grads) if scale is not None else (*grads, None)
 

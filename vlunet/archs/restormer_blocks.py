@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlunet.archs.channels_last_math import as_map, head_grams, normalized_attention, pixel_rows
+from vlunet.archs.channels_last_math import (as_map, attention_projection, head_grams, normalized_attention,
+                                            pixel_rows)
 from vlunet.archs.restormer_backward import AttentionChannels, fused_projected_attention, weight_halves
 
 
@@ -70,7 +71,17 @@ def row_bands(height: int, row_bytes: int) -> List[Tuple[int, int]]:
 def bands_allowed() -> bool:
     """Whether blocks may work in bands: without autograd, outside :func:`whole_maps` and graph capture
     (``torch.export``/ONNX/``torch.compile``: one graph for every size)."""
-    return _bands_enabled and not (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing())
+    return _bands_enabled and not (torch.is_grad_enabled() or capturing_graph())
+
+
+def capturing_graph() -> bool:
+    """Whether ``torch.compile``/``torch.export``/ONNX or ``torch.jit`` is tracing: one graph for every input."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def plain_float32_map(x: torch.Tensor) -> bool:
+    """Whether x is a float32, channels-last map outside autocast: what the bands and the training paths expect."""
+    return x.dtype == torch.float32 and not autocast_enabled(x) and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def fused_backward_allowed(x: torch.Tensor) -> bool:
@@ -78,9 +89,7 @@ def fused_backward_allowed(x: torch.Tensor) -> bool:
     :mod:`vlunet.archs.restormer_backward`, the GDFN's separate halves): with autograd, on a float32
     channels-last CPU map, without autocast and outside graph capture. (What it saves, layout reorders of
     oneDNN's depthwise backward and passes over fresh memory, is CPU-specific; CUDA keeps autograd's path.)"""
-    return torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32 and \
-        not autocast_enabled(x) and x.is_contiguous(memory_format=torch.channels_last) and \
-        not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+    return torch.is_grad_enabled() and x.device.type == 'cpu' and plain_float32_map(x) and not capturing_graph()
 
 
 def banded(x: torch.Tensor, expanded_channels: int) -> Optional[List[Tuple[int, int]]]:
@@ -89,8 +98,7 @@ def banded(x: torch.Tensor, expanded_channels: int) -> Optional[List[Tuple[int, 
     Bands are used when :func:`bands_allowed`, in float32 without autocast, on channels-last maps, when the
     expanded map of one image makes at least :data:`MIN_BANDS` bands of :data:`BAND_BYTES`.
     """
-    if not bands_allowed() or x.dtype != torch.float32 or autocast_enabled(x) or \
-            not x.is_contiguous(memory_format=torch.channels_last):
+    if not bands_allowed() or not plain_float32_map(x):
         return None
     bands = row_bands(x.shape[-2], expanded_channels * x.shape[-1] * x.element_size())
     return bands if len(bands) >= MIN_BANDS else None
@@ -290,11 +298,7 @@ def project_values(attention: torch.Tensor, value: torch.Tensor, project_out: nn
                    residual: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
                    residual_weight: float = 1.0) -> torch.Tensor:
     """The second half of :func:`projected_attention`, from the attention weights (B, heads, c, c)."""
-    b, c = value.shape[:2]
-    heads = attention.shape[1]
-    attention = attention.to(value.dtype)
-    projection = project_out.weight.flatten(1).t().reshape(heads, c // heads, -1)  # (heads, C/heads, C_out)
-    merged = (attention.transpose(2, 3) @ projection).reshape(b, c, -1)  # (B, C, C_out)
+    merged = attention_projection(attention.to(value.dtype), project_out.weight)  # (B, C, C_out)
     v = pixel_rows(value)
     if _fuse_residual(v, residual):
         if scale is not None:

@@ -38,10 +38,11 @@ def keep_freed_memory() -> bool:
     if _applied:
         return True
     value = os.environ.get(SWITCH_VARIABLE, '1')
-    if value.strip().lower() not in SWITCH_VALUES:
+    switch = SWITCH_VALUES.get(value.strip().lower())
+    if switch is None:
         raise ValueError(f'{SWITCH_VARIABLE}={value!r} is not a switch: use 0 to keep glibc\'s default allocator, '
                          '1 (the default) to keep freed memory for reuse')
-    if not SWITCH_VALUES[value.strip().lower()] or platform.libc_ver()[0] != 'glibc':
+    if not switch or platform.libc_ver()[0] != 'glibc':
         return False
     try:
         libc = ctypes.CDLL('libc.so.6')
