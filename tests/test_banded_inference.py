@@ -90,3 +90,28 @@ def test_bands_need_at_least_min_bands_and_whole_maps_turns_them_off(monkeypatch
         assert len(calls) == 1
         ffn(x)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize('band_bytes', [1, 1 << 40])  # one row per band / whole maps
+def test_gdfn_inference_pads_its_hidden_width_to_whole_vectors_with_the_same_values(monkeypatch, band_bytes):
+    ffn = _randomised(GatedFeedForward(8, 2.66))  # hidden width 21 -> 32
+    expand, depthwise, project = ffn._vector_aligned_weights()
+    assert (expand.shape, depthwise.shape, project.shape) == ((8, 64), (64, 1, 3, 3), (32, 8))
+    for half in range(2):  # gate, content: the module's weights, then zeros
+        columns = expand[:, 32 * half:32 * (half + 1)]
+        assert torch.equal(columns[:, :21], ffn.project_in.weight[21 * half:21 * (half + 1)].flatten(1).t())
+        assert not columns[:, 21:].any() and not depthwise[32 * half + 21:32 * (half + 1)].any()
+    assert not project[21:].any()
+    x, residual = _channels_last(2, 8, 9, 6, seed=5), _channels_last(2, 8, 9, 6, seed=6)
+    expected = ffn(x, residual).detach()  # autograd: the module's own weights
+    monkeypatch.setattr(restormer_blocks, 'BAND_BYTES', band_bytes)
+    with torch.no_grad():
+        assert relative_error(ffn(x, residual), expected) < 1e-6
+
+
+def test_an_aligned_hidden_width_uses_the_modules_weights():
+    ffn = GatedFeedForward(8, 2.0)  # hidden width 16
+    expand, depthwise, project = ffn._vector_aligned_weights()
+    assert expand.data_ptr() == ffn.project_in.weight.data_ptr() and expand.shape == (8, 32)
+    assert depthwise.data_ptr() == ffn.dwconv.weight.data_ptr()
+    assert project.data_ptr() == ffn.project_out.weight.data_ptr() and project.shape == (16, 8)

@@ -17,8 +17,8 @@ from torch import nn
 
 from vlunet.archs.restormer_backward import AttentionChannels, fused_projected_attention
 from vlunet.archs.restormer_blocks import (TransposedSelfAttention, attention_from_bands, banded, depthwise_bands,
-                                           fused_backward_allowed, one_image, per_image, pointwise, project_values,
-                                           projected_attention)
+                                           fused_backward_allowed, one_image, per_image, pointwise, pointwise_weight,
+                                           project_values, projected_attention)
 
 
 class DegradationCrossAttention(nn.Module):
@@ -60,8 +60,8 @@ class DegradationCrossAttention(nn.Module):
         :func:`~vlunet.archs.restormer_blocks.attention_from_bands`)."""
         qkv_bands = ((start, stop, query_value[:, :self.k.out_channels], key_band, query_value[:, self.k.out_channels:])
                      for (start, stop, query_value), (_, _, key_band)
-                     in zip(depthwise_bands(image, self.qv, self.qv_dwconv, bands),
-                            depthwise_bands(key, self.k, self.k_dwconv, bands)))
+                     in zip(depthwise_bands(image, pointwise_weight(self.qv), self.qv_dwconv.weight, bands),
+                            depthwise_bands(key, pointwise_weight(self.k), self.k_dwconv.weight, bands)))
         attention, value = attention_from_bands(qkv_bands, image, self.temperature, self.heads)
         return project_values(attention, value, self.project_out, subtract, residual_weight=-1.0)
 
@@ -109,8 +109,12 @@ class DegradationGuidedGradientStep(nn.Module):
         key = key.contiguous(memory_format=torch.channels_last)
         return F.interpolate(key, size=size, mode='bilinear', align_corners=False)
 
-    def forward(self, x: torch.Tensor, degraded: torch.Tensor, degradation: Optional[torch.Tensor]) -> torch.Tensor:
-        """x, degraded (the y-branch features): (B, C, H, W); degradation: (B, D) or None -> (B, C, H, W)."""
+    def forward(self, x: torch.Tensor, degraded: torch.Tensor, degradation: Optional[torch.Tensor],
+                overwrite_input: bool = False) -> torch.Tensor:
+        """x, degraded (the y-branch features): (B, C, H, W); degradation: (B, D) or None -> (B, C, H, W).
+
+        ``overwrite_input``: without autograd the step may be written into x (the caller no longer needs it).
+        """
         key = self.mixed_key(degradation, x.shape[0], x.shape[-2:])
         residual = self.degradation_operator(x, key, subtract=degraded)
-        return self.adjoint_operator(residual, residual=x, scale=-self.step_size)
+        return self.adjoint_operator(residual, residual=x, scale=-self.step_size, in_place=overwrite_input)

@@ -25,7 +25,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlunet.archs.padding import crop_to, pad_to_multiple
-from vlunet.archs.restormer_blocks import Downsample, TransformerBlock, Upsample, pointwise, store_weights_channels_last
+from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample, pointwise, store_weights_channels_last
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
 OFFICIAL_RENAMES = ((re.compile(r'^patch_embed\.proj\.'), 'patch_embed.'), (re.compile(r'\.(norm[12])\.body\.'), r'.\1.'))
@@ -39,10 +39,6 @@ def official_restormer_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[s
             key = pattern.sub(replacement, key)
         renamed[key] = value
     return renamed
-
-
-def _blocks(dim: int, count: int, heads: int, ffn_expansion_factor: float) -> nn.Sequential:
-    return nn.Sequential(*(TransformerBlock(dim, heads, ffn_expansion_factor) for _ in range(count)))
 
 
 def _check_config(in_channels: int, out_channels: int, dim: int, num_blocks: Sequence[int],
@@ -80,22 +76,22 @@ class Restormer(nn.Module):
         super().__init__()
         _check_config(in_channels, out_channels, dim, num_blocks, heads)
         self.patch_embed = nn.Conv2d(in_channels, dim, 3, padding=1, bias=False)
-        self.encoder_level1 = _blocks(dim, num_blocks[0], heads[0], ffn_expansion_factor)
+        self.encoder_level1 = TransformerBlocks.of(dim, num_blocks[0], heads[0], ffn_expansion_factor)
         self.down1_2 = Downsample(dim)
-        self.encoder_level2 = _blocks(dim * 2, num_blocks[1], heads[1], ffn_expansion_factor)
+        self.encoder_level2 = TransformerBlocks.of(dim * 2, num_blocks[1], heads[1], ffn_expansion_factor)
         self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = _blocks(dim * 4, num_blocks[2], heads[2], ffn_expansion_factor)
+        self.encoder_level3 = TransformerBlocks.of(dim * 4, num_blocks[2], heads[2], ffn_expansion_factor)
         self.down3_4 = Downsample(dim * 4)
-        self.latent = _blocks(dim * 8, num_blocks[3], heads[3], ffn_expansion_factor)
+        self.latent = TransformerBlocks.of(dim * 8, num_blocks[3], heads[3], ffn_expansion_factor)
         self.up4_3 = Upsample(dim * 8)
         self.reduce_chan_level3 = nn.Conv2d(dim * 8, dim * 4, 1, bias=False)
-        self.decoder_level3 = _blocks(dim * 4, num_blocks[2], heads[2], ffn_expansion_factor)
+        self.decoder_level3 = TransformerBlocks.of(dim * 4, num_blocks[2], heads[2], ffn_expansion_factor)
         self.up3_2 = Upsample(dim * 4)
         self.reduce_chan_level2 = nn.Conv2d(dim * 4, dim * 2, 1, bias=False)
-        self.decoder_level2 = _blocks(dim * 2, num_blocks[1], heads[1], ffn_expansion_factor)
+        self.decoder_level2 = TransformerBlocks.of(dim * 2, num_blocks[1], heads[1], ffn_expansion_factor)
         self.up2_1 = Upsample(dim * 2)
-        self.decoder_level1 = _blocks(dim * 2, num_blocks[0], heads[0], ffn_expansion_factor)
-        self.refinement = _blocks(dim * 2, num_refinement_blocks, heads[0], ffn_expansion_factor)
+        self.decoder_level1 = TransformerBlocks.of(dim * 2, num_blocks[0], heads[0], ffn_expansion_factor)
+        self.refinement = TransformerBlocks.of(dim * 2, num_refinement_blocks, heads[0], ffn_expansion_factor)
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=False)
         store_weights_channels_last(self)  # DDP: gradients with the parameters' strides
 

@@ -16,7 +16,10 @@ product, and without autograd the GDFN gates in place. Without autograd on large
 their expanded maps (2-5x the input) exist one band at a time in reused, cache-sized buffers, each
 expanded row computed once; the attention sums its q @ k^T and norms band by band. Same values (to
 float rounding) and the same multiply-adds; the layer norm before a block is applied band by band too.
-In float32 training on CPU (:func:`fused_backward_allowed`) the attentions run with a hand-written backward
+Without autograd a residual sum accumulates in the residual's own memory where its owner allows it
+(:class:`TransformerBlocks`: a chain's maps are its own), and the GDFN pads its hidden width with zero
+channels to whole vectors (same values, aligned passes). In float32 training on CPU
+(:func:`fused_backward_allowed`) the attentions run with a hand-written backward
 (:mod:`vlunet.archs.restormer_backward`) and the GDFN computes its gate and content as two maps.
 """
 import contextlib
@@ -47,6 +50,7 @@ class ChannelLayerNorm(nn.LayerNorm):
 REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 BAND_BYTES = 8 << 20  # per band of rows without autograd: reused memory, far below glibc's 32 MB mmap threshold
 MIN_BANDS = 4  # fewer bands would not lower the peak memory (two band buffers and a band's depthwise output)
+VECTOR_LANES = 16  # float32 values in a 64-byte (AVX-512) vector: the GDFN pads its hidden width in bands to it
 _bands_enabled = True
 
 
@@ -104,9 +108,17 @@ def banded(x: torch.Tensor, expanded_channels: int) -> Optional[List[Tuple[int, 
     return bands if len(bands) >= MIN_BANDS else None
 
 
-def per_image(compute: Callable[[int], torch.Tensor], batch: int) -> torch.Tensor:
-    """``compute(i)`` (1, C, H, W) for each image i, stacked to (B, C, H, W) (one image: itself, no copy)."""
-    return compute(0) if batch == 1 else torch.cat([compute(i) for i in range(batch)])
+def per_image(compute: Callable[[int], torch.Tensor], batch: int,
+              written_into: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``compute(i)`` (1, C, H, W) for each image i, stacked to (B, C, H, W) (one image: itself, no copy).
+
+    ``written_into``: a (B, C, H, W) map that ``compute(i)`` wrote image i into, when it did (returned as is).
+    """
+    images = [compute(i) for i in range(batch)]
+    if written_into is not None and all(image.data_ptr() == written_into[i].data_ptr()
+                                        for i, image in enumerate(images)):
+        return written_into
+    return images[0] if batch == 1 else torch.cat(images)
 
 
 def one_image(maps: Optional[torch.Tensor], index: int) -> Optional[torch.Tensor]:
@@ -125,24 +137,27 @@ def matrix(x: torch.Tensor) -> torch.Tensor:
     return pixel_rows(x)[0]
 
 
-def depthwise_bands(image: torch.Tensor, expand: nn.Conv2d, depthwise: nn.Conv2d, bands: List[Tuple[int, int]],
+def depthwise_bands(image: torch.Tensor, expand_weight: torch.Tensor, depthwise_weight: torch.Tensor,
+                    bands: List[Tuple[int, int]],
                     norm: Optional[nn.Module] = None) -> Iterator[Tuple[int, int, torch.Tensor]]:
-    """Without autograd: (start, stop, rows [start, stop) of ``depthwise(pointwise(norm(image), expand))``) for each
-    band (``norm``: a per-pixel module such as :class:`ChannelLayerNorm`, applied band by band; None: none).
+    """Without autograd: (start, stop, rows [start, stop) of the depthwise 3x3 (zero padding 1) of
+    ``norm(image) @ expand_weight``) for each band (``norm``: a per-pixel module such as :class:`ChannelLayerNorm`,
+    applied band by band; None: none).
 
-    Shapes: image (1, C, H, W) channels-last -> bands (1, C_expanded, stop - start, W), channels-last.
+    Shapes: image (1, C, H, W) channels-last, expand_weight (C, C_expanded) (:func:`pointwise_weight`),
+    depthwise_weight (C_expanded, 1, 3, 3) -> bands (1, C_expanded, stop - start, W), channels-last.
     Each band is expanded once, one band ahead, into one of two reused buffers with a row of room
     above and below: the depthwise 3x3 of a band reads the last expanded row of the band above and
-    the first of the band below (copied in), zeros at the image's edges.
+    the first of the band below (copied in), zeros at the image's edges. The image's rows of a band are
+    not read again once the band is yielded: the consumer may overwrite them.
     """
-    weight = expand.weight.flatten(1).t()  # (C, C_expanded)
     rows_most = max(stop - start for start, stop in bands)
-    buffers = [torch.empty(1, weight.shape[1], rows_most + 2, image.shape[-1], dtype=image.dtype,
+    buffers = [torch.empty(1, expand_weight.shape[1], rows_most + 2, image.shape[-1], dtype=image.dtype,
                            device=image.device, memory_format=torch.channels_last) for _ in range(2)]
 
     def expand_into(buffer: torch.Tensor, start: int, stop: int) -> None:
         rows = image[:, :, start:stop] if norm is None else norm(image[:, :, start:stop])
-        torch.mm(matrix(rows), weight, out=matrix(buffer[:, :, 1:1 + stop - start]))
+        torch.mm(matrix(rows), expand_weight, out=matrix(buffer[:, :, 1:1 + stop - start]))
 
     expand_into(buffers[0], *bands[0])
     buffers[0][:, :, 0].zero_()
@@ -155,8 +170,8 @@ def depthwise_bands(image: torch.Tensor, expand: nn.Conv2d, depthwise: nn.Conv2d
             current[:, :, rows + 1] = following[:, :, 1]
         else:
             current[:, :, rows + 1].zero_()
-        yield start, stop, F.conv2d(current[:, :, :rows + 2], depthwise.weight, padding=(0, 1),
-                                    groups=depthwise.groups)
+        yield start, stop, F.conv2d(current[:, :, :rows + 2], depthwise_weight, padding=(0, 1),
+                                    groups=depthwise_weight.shape[0])
 
 
 def attention_from_bands(qkv_bands: Iterable[Tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]],
@@ -189,26 +204,52 @@ def _fuse_residual(product: torch.Tensor, residual: Optional[torch.Tensor]) -> b
     return residual is not None and residual.dtype == product.dtype and not autocast_enabled(product)
 
 
+def _accumulate_in_place(product: torch.Tensor, residual: Optional[torch.Tensor], in_place: bool) -> bool:
+    """Whether the product may accumulate into ``residual``'s own memory: the caller allows it (``in_place``: it
+    no longer needs the residual), the sum is fused (:func:`_fuse_residual`), there is no autograd, and the
+    residual is a channels-last map, whose pixel rows are a view. Saves copying the residual into a fresh output.
+    """
+    return (in_place and _fuse_residual(product, residual) and not torch.is_grad_enabled()
+            and residual.is_contiguous(memory_format=torch.channels_last))
+
+
 def autocast_enabled(x: torch.Tensor) -> bool:
     """Whether autocast is on for ``x``'s device type."""
     device = x.device.type
     return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
-def pointwise(x: torch.Tensor, conv: nn.Conv2d, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pointwise(x: torch.Tensor, conv: nn.Conv2d, residual: Optional[torch.Tensor] = None,
+              in_place: bool = False) -> torch.Tensor:
     """The bias-free 1x1 ``conv`` of x (B, C, H, W) (plus ``residual``), as one matrix product on (B, H*W, C).
 
     Returns (B, C_out, H, W), channels-last. As fast as the convolution forward, faster backward with
     several threads (oneDNN's 1x1 backward); it reads a channels-last slice of a wider map in place (a
     convolution would copy it first), and the residual sum is the product's accumulator (no second pass). The weight's gradient comes out contiguous:
-    store 1x1 weights contiguous for DDP's gradient buckets.
+    store 1x1 weights contiguous for DDP's gradient buckets. ``in_place``: the sum may be written into
+    ``residual`` (:func:`_accumulate_in_place`; the caller no longer needs it); the result is returned either way.
     """
-    rows, weight = pixel_rows(x), conv.weight.flatten(1).t()  # (B, H*W, C), (C, C_out)
+    return pixel_product(x, pointwise_weight(conv), residual, in_place)
+
+
+def pixel_product(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                  in_place: bool = False) -> torch.Tensor:
+    """:func:`pointwise` with a weight matrix: x (B, C, H, W) times ``weight`` (C, C_out) at every pixel (plus
+    ``residual``) -> (B, C_out, H, W), channels-last."""
+    rows = pixel_rows(x)  # (B, H*W, C)
+    if _accumulate_in_place(rows, residual, in_place):
+        pixel_rows(residual).flatten(0, 1).addmm_(rows.flatten(0, 1), weight)
+        return residual
     if _fuse_residual(rows, residual):
         out = torch.addmm(pixel_rows(residual).flatten(0, 1), rows.flatten(0, 1), weight)
         return as_map(out.view(x.shape[0], -1, out.shape[-1]), x)
     out = as_map(rows @ weight, x)
     return out if residual is None else out + residual
+
+
+def pointwise_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The (C_in, C_out) matrix of a bias-free 1x1 ``conv`` acting on pixel rows (a view of its weight)."""
+    return conv.weight.flatten(1).t()
 
 
 def spatial_norms(x: torch.Tensor) -> torch.Tensor:
@@ -278,7 +319,8 @@ def channel_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
 def projected_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, temperature: torch.Tensor,
                         heads: int, project_out: nn.Conv2d, residual: Optional[torch.Tensor] = None,
-                        scale: Optional[torch.Tensor] = None, residual_weight: float = 1.0) -> torch.Tensor:
+                        scale: Optional[torch.Tensor] = None, residual_weight: float = 1.0,
+                        in_place: bool = False) -> torch.Tensor:
     """``residual_weight * residual + scale * project_out(channel_attention(query, key, value))``, one product.
 
     Shapes: query, key, value, residual (B, C, H, W); scale: a tensor broadcastable to (B, 1, 1)
@@ -288,21 +330,25 @@ def projected_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     they are merged first into one small (B, C, C_out) matrix (block-diagonal weights @ projection,
     times ``scale``), so v is read once by a single product, which accumulates onto the residual.
     Saves the per-head products, their concatenation, the projection pass and the residual pass.
-    Under autocast the scale and the residual are applied afterwards in float32, as unfused.
+    Under autocast the scale and the residual are applied afterwards in float32, as unfused. ``in_place``: the
+    sum may be written into ``residual`` (:func:`_accumulate_in_place`); the result is returned either way.
     """
     attention = attention_weights(query, key, temperature, heads)
-    return project_values(attention, value, project_out, residual, scale, residual_weight)
+    return project_values(attention, value, project_out, residual, scale, residual_weight, in_place)
 
 
 def project_values(attention: torch.Tensor, value: torch.Tensor, project_out: nn.Conv2d,
                    residual: Optional[torch.Tensor] = None, scale: Optional[torch.Tensor] = None,
-                   residual_weight: float = 1.0) -> torch.Tensor:
+                   residual_weight: float = 1.0, in_place: bool = False) -> torch.Tensor:
     """The second half of :func:`projected_attention`, from the attention weights (B, heads, c, c)."""
     merged = attention_projection(attention.to(value.dtype), project_out.weight)  # (B, C, C_out)
     v = pixel_rows(value)
     if _fuse_residual(v, residual):
         if scale is not None:
             merged = merged * scale.view(-1, 1, 1)
+        if _accumulate_in_place(v, residual, in_place):
+            pixel_rows(residual).baddbmm_(v, merged, beta=residual_weight)
+            return residual
         return as_map(torch.baddbmm(pixel_rows(residual), v, merged, beta=residual_weight), value)
     out = as_map(v @ merged, value)
     if scale is not None:
@@ -326,12 +372,17 @@ class TransposedSelfAttention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                scale: Optional[torch.Tensor] = None, norm: Optional[nn.Module] = None) -> torch.Tensor:
-        """``residual + scale * MDTA(norm(x))``; ``norm``: a per-pixel module applied first (in bands: band by band)."""
+                scale: Optional[torch.Tensor] = None, norm: Optional[nn.Module] = None,
+                in_place: bool = False) -> torch.Tensor:
+        """``residual + scale * MDTA(norm(x))``; ``norm``: a per-pixel module applied first (in bands: band by band).
+
+        ``in_place``: the sum may be written into ``residual`` (the caller no longer needs it, e.g. x itself).
+        """
         bands = banded(x, self.qkv.out_channels)
         if bands is not None:
-            return per_image(lambda i: self._image_in_bands(x[i:i + 1], one_image(residual, i), scale, bands, norm),
-                             x.shape[0])
+            return per_image(lambda i: self._image_in_bands(x[i:i + 1], one_image(residual, i), scale,
+                                                            bands, norm, in_place),
+                             x.shape[0], residual if in_place else None)
         x = x if norm is None else norm(x)
         qkv = self.qkv_dwconv(pointwise(x, self.qkv))
         if fused_backward_allowed(qkv):
@@ -341,16 +392,17 @@ class TransposedSelfAttention(nn.Module):
                                              residual)
         query, key, value = qkv.chunk(3, dim=1)
         return projected_attention(query, key, value, self.temperature, self.heads, self.project_out, residual,
-                                   scale)
+                                   scale, in_place=in_place)
 
     def _image_in_bands(self, image: torch.Tensor, residual: Optional[torch.Tensor], scale: Optional[torch.Tensor],
-                        bands: List[Tuple[int, int]], norm: Optional[nn.Module]) -> torch.Tensor:
+                        bands: List[Tuple[int, int]], norm: Optional[nn.Module], in_place: bool) -> torch.Tensor:
         """One image (1, C, H, W) with q, k and v in bands of rows (:func:`depthwise_bands`,
         :func:`attention_from_bands`), then one product over v (:func:`project_values`)."""
         qkv_bands = ((start, stop, *hidden.chunk(3, dim=1))
-                     for start, stop, hidden in depthwise_bands(image, self.qkv, self.qkv_dwconv, bands, norm))
+                     for start, stop, hidden in depthwise_bands(image, pointwise_weight(self.qkv),
+                                                                self.qkv_dwconv.weight, bands, norm))
         attention, value = attention_from_bands(qkv_bands, image, self.temperature, self.heads)
-        return project_values(attention, value, self.project_out, residual, scale)
+        return project_values(attention, value, self.project_out, residual, scale, in_place=in_place)
 
 
 class GatedFeedForward(nn.Module):
@@ -367,22 +419,28 @@ class GatedFeedForward(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                norm: Optional[nn.Module] = None) -> torch.Tensor:
-        """``residual + GDFN(norm(x))``; ``norm``: a per-pixel module applied first (in bands: band by band)."""
+                norm: Optional[nn.Module] = None, in_place: bool = False) -> torch.Tensor:
+        """``residual + GDFN(norm(x))``; ``norm``: a per-pixel module applied first (in bands: band by band).
+
+        ``in_place``: the sum may be written into ``residual`` (the caller no longer needs it, e.g. x itself).
+        """
         bands = banded(x, self.project_in.out_channels)
         if bands is not None:
-            return per_image(lambda i: self._image_in_bands(x[i:i + 1], one_image(residual, i), bands, norm), x.shape[0])
+            return per_image(lambda i: self._image_in_bands(x[i:i + 1], one_image(residual, i), bands, norm, in_place),
+                             x.shape[0], residual if in_place else None)
         x = x if norm is None else norm(x)
         if fused_backward_allowed(x):
             gate, content = (self._expanded(x, expand, depthwise) for expand, depthwise
                              in zip(weight_halves(self.project_in.weight), weight_halves(self.dwconv.weight)))
             return pointwise(F.gelu(gate) * content, self.project_out, residual)
-        gate, content = self.dwconv(pointwise(x, self.project_in)).chunk(2, dim=1)
         if torch.is_grad_enabled():
-            gated = F.gelu(gate) * content
-        else:  # no graph to keep: GELU and gating in place, in the first half (read in place by the product)
-            gated = torch.ops.aten.gelu_(gate).mul_(content)
-        return pointwise(gated, self.project_out, residual)
+            gate, content = self.dwconv(pointwise(x, self.project_in)).chunk(2, dim=1)
+            return pointwise(F.gelu(gate) * content, self.project_out, residual)
+        expand, depthwise, project = self._vector_aligned_weights()
+        hidden = F.conv2d(pixel_product(x, expand), depthwise, padding=1, groups=depthwise.shape[0])
+        gate, content = hidden.chunk(2, dim=1)
+        # no graph to keep: GELU and gating in place, in the first half (read in place by the product)
+        return pixel_product(torch.ops.aten.gelu_(gate).mul_(content), project, residual, in_place)
 
     @staticmethod
     def _expanded(x: torch.Tensor, expand_weight: torch.Tensor, depthwise_weight: torch.Tensor) -> torch.Tensor:
@@ -396,29 +454,62 @@ class GatedFeedForward(nn.Module):
         expanded = as_map(pixel_rows(x) @ expand_weight.flatten(1).t(), x)
         return F.conv2d(expanded, depthwise_weight, padding=1, groups=depthwise_weight.shape[0])
 
+    def _vector_aligned_weights(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(expand (C, 2 x h'), depthwise (2 x h', 1, 3, 3), project (h', C)): the weights with the hidden width h
+        zero-padded to h', a multiple of :data:`VECTOR_LANES` (gate channels [0, h), content [h', h' + h)).
+
+        The padded channels are zero throughout (zero expansion, zero depthwise filter, GELU(0) * 0 = 0, a zero
+        row of the projection): the same values, while the depthwise convolution, the GELU, the gating and the
+        products work on whole vectors at aligned offsets (a 255-channel band's chain runs about 18 % faster).
+        Used without autograd (bands and whole maps); training keeps the module's weights.
+        """
+        hidden = self.project_out.in_channels
+        padded = -(-hidden // VECTOR_LANES) * VECTOR_LANES
+        expand, depthwise, project = (self.project_in.weight, self.dwconv.weight, self.project_out.weight)
+        if padded != hidden:
+            expand = expand.new_zeros(2, padded, expand.shape[1])
+            depthwise = depthwise.new_zeros(2, padded, 9)
+            project = project.new_zeros(project.shape[0], padded)
+            expand[:, :hidden] = self.project_in.weight.reshape(2, hidden, -1)
+            depthwise[:, :hidden] = self.dwconv.weight.reshape(2, hidden, 9)
+            project[:, :hidden] = self.project_out.weight.flatten(1)
+        return (expand.reshape(2 * padded, -1).t(), depthwise.reshape(2 * padded, 1, 3, 3),
+                project.reshape(project.shape[0], padded).t())
+
     def _image_in_bands(self, image: torch.Tensor, residual: Optional[torch.Tensor], bands: List[Tuple[int, int]],
-                        norm: Optional[nn.Module]) -> torch.Tensor:
+                        norm: Optional[nn.Module], in_place: bool) -> torch.Tensor:
         """One image (1, C, H, W) in bands of rows (:func:`depthwise_bands`): the same values and products.
 
         The hidden maps of a band (2.66 x 2 x its input) reuse the same memory and stay in cache; the
         full-size ones are fresh memory every time, and writing them costs as much as computing them.
-        Each band's output is written in place into the output map, its residual as the accumulator.
+        The hidden width is padded to whole vectors (:meth:`_vector_aligned_weights`). Each band's output is
+        written in place into the output map, its residual as the accumulator; with
+        ``in_place`` the output map is the residual itself (also when the residual is the image: a band's
+        image rows are no longer read once :func:`depthwise_bands` yields it).
         """
-        weight = self.project_out.weight.flatten(1).t()  # (hidden, C)
-        out = empty_map(image, weight.shape[1])
-        for start, stop, hidden in depthwise_bands(image, self.project_in, self.dwconv, bands, norm):
+        expand, depthwise, weight = self._vector_aligned_weights()
+        accumulate = _accumulate_in_place(image, residual, in_place)
+        out = residual if accumulate else empty_map(image, weight.shape[1])
+        for start, stop, hidden in depthwise_bands(image, expand, depthwise, bands, norm):
             gate, content = hidden.chunk(2, dim=1)
             gated = matrix(torch.ops.aten.gelu_(gate).mul_(content))
             target = matrix(out[:, :, start:stop])
             if residual is None:
                 torch.mm(gated, weight, out=target)
+            elif accumulate:
+                target.addmm_(gated, weight)
             else:
                 torch.addmm(matrix(residual[:, :, start:stop]), gated, weight, out=target)
         return out
 
 
 class TransformerBlock(nn.Module):
-    """Restormer block: x + MDTA(LN(x)), then x + GDFN(LN(x)); (B, C, H, W) -> (B, C, H, W)."""
+    """Restormer block: x + MDTA(LN(x)), then x + GDFN(LN(x)); (B, C, H, W) -> (B, C, H, W).
+
+    ``forward(x, overwrite_input=False)``: without autograd, the GDFN's sum accumulates into the attention's
+    output (the block's own map); with ``overwrite_input`` (the caller no longer needs x) the attention's sum
+    accumulates into x too. Same values; saves copying each residual into a fresh map.
+    """
 
     def __init__(self, dim: int, heads: int, ffn_expansion_factor: float):
         super().__init__()
@@ -427,9 +518,28 @@ class TransformerBlock(nn.Module):
         self.norm2 = ChannelLayerNorm(dim)
         self.ffn = GatedFeedForward(dim, ffn_expansion_factor)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn(x, residual=x, norm=self.norm1)
-        return self.ffn(x, residual=x, norm=self.norm2)
+    def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
+        attended = self.attn(x, residual=x, norm=self.norm1, in_place=overwrite_input)
+        return self.ffn(attended, residual=attended, norm=self.norm2, in_place=overwrite_input or attended is not x)
+
+
+class TransformerBlocks(nn.Sequential):
+    """A chain of :class:`TransformerBlock` (state-dict keys as ``nn.Sequential``'s), (B, C, H, W) -> (B, C, H, W).
+
+    Every block after the first overwrites its input, the chain's own map (see :class:`TransformerBlock`);
+    ``forward(x, overwrite_input=True)``: the first block too (the caller no longer needs x). Built like
+    ``nn.Sequential`` (so slicing works) or with :meth:`of`.
+    """
+
+    @classmethod
+    def of(cls, dim: int, count: int, heads: int, ffn_expansion_factor: float) -> 'TransformerBlocks':
+        """``count`` new blocks of ``dim`` channels."""
+        return cls(*(TransformerBlock(dim, heads, ffn_expansion_factor) for _ in range(count)))
+
+    def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
+        for index, block in enumerate(self):
+            x = block(x, overwrite_input=overwrite_input or index > 0)
+        return x
 
 
 class Downsample(nn.Module):

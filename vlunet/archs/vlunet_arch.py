@@ -38,7 +38,7 @@ from torch import nn
 
 from vlunet.archs.gradient_step import DegradationGuidedGradientStep
 from vlunet.archs.padding import crop_to, pad_to_multiple
-from vlunet.archs.restormer_blocks import Downsample, TransformerBlock, Upsample, pointwise, store_weights_channels_last
+from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample, pointwise, store_weights_channels_last
 from vlunet.archs.state_dict_mismatch import state_dict_mismatch_message
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
@@ -56,11 +56,14 @@ class UnfoldingStage(nn.Module):
         self.gradient_step = DegradationGuidedGradientStep(
             dim, num_keys, key_channels=dim // 10 * stage, key_size=key_size // stage,
             degradation_dim=degradation_dim, heads=gradient_step_heads)
-        self.proximal_mapping = nn.Sequential(
-            *(TransformerBlock(dim, heads, ffn_expansion_factor) for _ in range(num_blocks)))
+        self.proximal_mapping = TransformerBlocks.of(dim, num_blocks, heads, ffn_expansion_factor)
 
-    def forward(self, x: torch.Tensor, degraded: torch.Tensor, degradation: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.proximal_mapping(self.gradient_step(x, degraded, degradation))
+    def forward(self, x: torch.Tensor, degraded: torch.Tensor, degradation: Optional[torch.Tensor],
+                overwrite_input: bool = False) -> torch.Tensor:
+        """``overwrite_input``: without autograd the stage may work in x's memory (the caller no longer needs x)."""
+        stepped = self.gradient_step(x, degraded, degradation, overwrite_input)
+        # the step's output: a fresh map, or x when the caller allowed it; the blocks may overwrite it
+        return self.proximal_mapping(stepped, overwrite_input=True)
 
 
 class DegradedFeatures(NamedTuple):
@@ -191,17 +194,19 @@ class VLUNet(nn.Module):
         padded = pad_to_multiple(image, SIZE_MULTIPLE).contiguous(memory_format=torch.channels_last)
         y = self.degraded_features(padded)
 
-        level1 = self.encoder_level1(self.embed(padded), y.level1, degradation)
-        level2 = self.encoder_level2(self.down1_2(level1), y.level2, degradation)
-        level3 = self.encoder_level3(self.down2_3(level2), y.level3, degradation)
-        latent = self.latent(self.down3_4(level3), y.latent, degradation)
+        # Every stage's input is a fresh map that nothing else reads: the stages may overwrite it (no autograd).
+        level1 = self.encoder_level1(self.embed(padded), y.level1, degradation, overwrite_input=True)
+        level2 = self.encoder_level2(self.down1_2(level1), y.level2, degradation, overwrite_input=True)
+        level3 = self.encoder_level3(self.down2_3(level2), y.level3, degradation, overwrite_input=True)
+        latent = self.latent(self.down3_4(level3), y.latent, degradation, overwrite_input=True)
 
         decoder3 = pointwise(torch.cat([self.up4_3(latent), level3], dim=1), self.reduce_chan_level3)
-        decoder3 = self.decoder_level3(decoder3, y.decoder3, degradation)
+        decoder3 = self.decoder_level3(decoder3, y.decoder3, degradation, overwrite_input=True)
         decoder2 = pointwise(torch.cat([self.up3_2(decoder3), level2], dim=1), self.reduce_chan_level2)
-        decoder2 = self.decoder_level2(decoder2, y.decoder2, degradation)
-        decoder1 = self.decoder_level1(torch.cat([self.up2_1(decoder2), level1], dim=1), y.decoder1, degradation)
-        refined = self.refinement(decoder1, y.decoder1, degradation)
+        decoder2 = self.decoder_level2(decoder2, y.decoder2, degradation, overwrite_input=True)
+        decoder1 = torch.cat([self.up2_1(decoder2), level1], dim=1)
+        decoder1 = self.decoder_level1(decoder1, y.decoder1, degradation, overwrite_input=True)
+        refined = self.refinement(decoder1, y.decoder1, degradation, overwrite_input=True)
 
         return crop_to(self.output(refined) + padded, height, width)
 

@@ -80,7 +80,7 @@ from torch import nn
 
 from vlunet.archs.padding import crop_to, pad_to_multiple
 from vlunet.archs.perceiveir.perceiveir_blocks import CompactFeatureExtraction, FrozenDINOFeatures, GuidedLevel
-from vlunet.archs.restormer_blocks import Downsample, TransformerBlock, Upsample, pointwise, store_weights_channels_last
+from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample, pointwise, store_weights_channels_last
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
 BACKBONES = ('restormer',)
@@ -109,10 +109,6 @@ def _check_config(inp_channels: int, out_channels: int, dim: int, num_blocks: Se
     for level, (width, level_heads) in enumerate(zip(widths, heads), start=1):
         if width % level_heads or (level == 1 and dim % level_heads):
             raise ValueError(f'PerceiveIR level {level}: {width} channels are not divisible by heads={level_heads}.')
-
-
-def _transformer_blocks(dim: int, count: int, heads: int, ffn_expansion_factor: float) -> nn.Sequential:
-    return nn.Sequential(*(TransformerBlock(dim, heads, ffn_expansion_factor) for _ in range(count)))
 
 
 @ARCH_REGISTRY.register()
@@ -163,11 +159,11 @@ class PerceiveIR(nn.Module):
 
         self.cfe = CompactFeatureExtraction(inp_channels, degradation_dim)
         self.patch_embed = nn.Conv2d(inp_channels, dim, 3, padding=1, bias=False)
-        self.encoder_level1 = _transformer_blocks(dim, num_blocks[0], heads[0], ffn_expansion_factor)
+        self.encoder_level1 = TransformerBlocks.of(dim, num_blocks[0], heads[0], ffn_expansion_factor)
         self.down1_2 = Downsample(dim)
-        self.encoder_level2 = _transformer_blocks(dim * 2, num_blocks[1], heads[1], ffn_expansion_factor)
+        self.encoder_level2 = TransformerBlocks.of(dim * 2, num_blocks[1], heads[1], ffn_expansion_factor)
         self.down2_3 = Downsample(dim * 2)
-        self.encoder_level3 = _transformer_blocks(dim * 4, num_blocks[2], heads[2], ffn_expansion_factor)
+        self.encoder_level3 = TransformerBlocks.of(dim * 4, num_blocks[2], heads[2], ffn_expansion_factor)
         self.down3_4 = Downsample(dim * 4)
         self.latent = guided(dim * 8, num_blocks[3], heads[3])
         self.up4_3 = Upsample(dim * 8)
@@ -178,7 +174,7 @@ class PerceiveIR(nn.Module):
         self.decoder_level2 = guided(dim * 2, num_blocks[1], heads[1])
         self.up2_1 = Upsample(dim * 2)
         self.decoder_level1 = guided(dim * 2, num_blocks[0], heads[0])
-        self.refinement = _transformer_blocks(dim * 2, num_refinement_blocks, heads[0], ffn_expansion_factor)
+        self.refinement = TransformerBlocks.of(dim * 2, num_refinement_blocks, heads[0], ffn_expansion_factor)
         self.output = nn.Conv2d(dim * 2, out_channels, 3, padding=1, bias=False)
         for name, child in self.named_children():  # DDP: gradients with the parameters' strides
             if name != 'cfe':  # the CFE sees NCHW images; channels-last weights there corrupt torch's heap (2.14.1)

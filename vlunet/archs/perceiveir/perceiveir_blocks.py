@@ -248,7 +248,7 @@ class EnhancedTransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         cross = self.cross_attn(self.norm_x(x), self.norm_guide(guide))
         x = self.attn(cross, residual=guide, norm=self.norm1)
-        return self.ffn(x, residual=x, norm=self.norm2)
+        return self.ffn(x, residual=x, norm=self.norm2, in_place=True)  # x: the attention's output, this block's own
 
 
 class GuidedLevel(nn.Module):
