@@ -2,6 +2,7 @@
 import json
 import math
 
+import cv2
 import numpy as np
 import open_clip
 import pytest
@@ -14,7 +15,7 @@ from vlunet.archs.degradation_clip_arch import DegradationCLIP, clip_preprocess
 from vlunet.losses.degradation_contrastive_loss import (DegradationContrastiveLoss, MultiPositiveContrastiveLoss,
                                                         PromptCrossEntropyLoss)
 from vlunet.metrics.degradation_accuracy_metric import calculate_degradation_accuracy, similarity_matrix
-from vlunet.utils.similarity_heatmap import draw_heatmap, format_similarity_csv
+from vlunet.utils.similarity_heatmap import colour_bar, draw_heatmap, format_similarity_csv
 
 TAU = 1 / 0.07
 
@@ -218,10 +219,19 @@ def test_heatmap_image_and_csv():
     matrix = np.array([[0.9, 0.1], [np.nan, np.nan]])
     image = draw_heatmap(matrix, ['noise', 'haze'], ['image with noise', 'image with haze'], 'title')
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[0] > 2 * 72
-    grey = np.all(image == 160, axis=2)  # NaN cells are grey (160): exactly the one 72x72 cell of the missing row
-    rows, columns = np.nonzero(grey)
-    assert 0.8 * 72 * 72 < grey.sum() <= 2 * 72 * 72
-    assert rows.max() - rows.min() < 72 and columns.max() - columns.min() >= 72  # one row, two cells wide
+    # NaN cells are grey: the largest connected region of exactly that grey is the missing row, two cells wide
+    # (anti-aliased text may have a few pixels of the same grey elsewhere: they are small separate regions).
+    grey = np.all(image == 160, axis=2).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(grey, connectivity=4)
+    left, top, width, height, area = stats[1 + np.argmax(stats[1:, cv2.CC_STAT_AREA])]
+    assert (width, height, area) == (2 * 72, 72, 2 * 72 * 72)
+    # The colour bar is the colour map from 1 (top) to 0 (bottom), beside the grid: its grid rows start one cell
+    # above the grey row.
+    bar = colour_bar(2 * 72)[:, :18]
+    grid_top = top - 72
+    matches = [x for x in range(left + width, image.shape[1] - 17)
+               if np.array_equal(image[grid_top:grid_top + 2 * 72, x:x + 18], bar)]
+    assert len(matches) == 1
     csv_text = format_similarity_csv(matrix, ['noise', 'haze'], ['image with noise', 'image with haze'])
     assert csv_text.splitlines() == ['true \\ prompt,image with noise,image with haze', 'noise,0.900000,0.100000',
                                      'haze,,']
