@@ -8,7 +8,7 @@ Usage::
 
 Parts (official-size VLU-Net with random weights by default, a random degradation vector d):
 
-- ``model``: the memory model (:mod:`vlunet.utils.memory_model`) and how long measuring it takes;
+- ``model``: the memory model (:mod:`vlunet.tiling.memory_model`) and how long measuring it takes;
   then whole-image forwards at ``--check-sizes`` in fresh processes: peak process memory above the
   state before the forward (``VmHWM - VmRSS``, Linux) and the torch-allocator peak (profiler), against
   the prediction without its safety margin;
@@ -37,10 +37,10 @@ import vlunet  # noqa: F401,E402  (compat shim before basicsr; registers the arc
 from basicsr.archs import build_network  # noqa: E402
 
 from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
-from vlunet.utils.memory_model import (MEMORY_MARGIN, cached_memory_model, format_bytes,  # noqa: E402
+from vlunet.tiling.memory_model import (MEMORY_MARGIN, cached_memory_model, format_bytes,  # noqa: E402
                                        measure_memory_model, network_memory_key, parse_memory_size,
                                        peak_forward_bytes)
-from vlunet.utils.tiling import AutoTile, TileOptions, plan_tiles, repeat_per_tile, restore  # noqa: E402
+from vlunet.tiling.tiles import AutoTile, TileOptions, plan_tiles, repeat_per_tile, restore  # noqa: E402
 
 SEED = 0
 SIZE_MULTIPLE = 8

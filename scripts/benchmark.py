@@ -56,12 +56,12 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
 from model_stats import count_macs, network_options
 from vlunet.options import OptionError
-from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
+from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import freed_memory_kept, keep_freed_memory_in_entry_point
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
 from vlunet.utils.safe_load import safe_torch_load
-from vlunet.utils.tiling import TileOptions, restore
+from vlunet.tiling.tiles import TileOptions, restore
 
 TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
 sys.path.insert(0, TESTS_DIR)

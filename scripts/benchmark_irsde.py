@@ -40,7 +40,7 @@ from benchmark import machine_info, relative_error, smooth_images, time_alternat
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
-from vlunet.utils.daclip.irsde_restore import IRSDERestoration
+from vlunet.models.daclip.irsde_sampler import IRSDERestoration
 
 TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
 REIMPLEMENTATION_LABEL = 're-implementation of the release (tests/daclip_official_reference.py)'

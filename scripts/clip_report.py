@@ -28,7 +28,7 @@ from basicsr.data import build_dataset  # noqa: E402
 from basicsr.utils import set_random_seed  # noqa: E402
 from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-from vlunet.models.degradation_classification import format_accuracy_table, write_heatmap  # noqa: E402
+from vlunet.guidance.degradation_classification import format_accuracy_table, write_heatmap  # noqa: E402
 from vlunet.options import OptionError, load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
 

@@ -6,13 +6,13 @@ SRC is an official Lightning ``.ckpt`` (e.g. ``5task_vlunet.ckpt``) or the offic
 Writes ``OUT_DIR/<stem>_net.pth`` (for ``network_g: {type: VLUNet, de_dim: <printed>}``) and, when SRC
 carries CLIP weights, ``OUT_DIR/<stem>_clip.pth`` (for ``path.pretrain_network_degradation_encoder``).
 DA-CLIP's restoration network ``universal-ir.pth`` gives ``OUT_DIR/universal-ir_net.pth`` (for
-``network_g: {type: ConditionalUNet}``; :mod:`vlunet.utils.daclip.irsde_checkpoint`).
+``network_g: {type: ConditionalUNet}``; :mod:`vlunet.convert.irsde_checkpoint`).
 
 SRC is unpickled without running code from it: a file holding anything but tensors, plain containers
 and the few objects official files need is refused, naming them. ``--trust-file`` unpickles SRC fully,
 which runs whatever code the file carries: use it only for a file whose origin you trust.
 
-An official VLU-Net file is checked before it is converted (:mod:`vlunet.utils.official_release`):
+An official VLU-Net file is checked before it is converted (:mod:`vlunet.convert.vlunet_release`):
 size, keys and shapes, the detected ``de_dim``, and its SHA-256 printed for you to compare with your
 download source; nothing is written when a check fails. ``--verify-only`` checks and stops. A missing
 SRC gets a pointer to where the files come from (the authors' package, LAION's CLIP weights).
@@ -22,10 +22,10 @@ import os
 import sys
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from vlunet.utils.daclip.daclip_checkpoint import convert_daclip_checkpoint, is_daclip_file
-from vlunet.utils.daclip.irsde_checkpoint import convert_irsde_checkpoint, is_irsde_unet_file
-from vlunet.utils.official_checkpoint import convert_official_checkpoint
-from vlunet.utils.official_release import missing_file_message, verify_official_file
+from vlunet.convert.daclip_checkpoint import convert_daclip_checkpoint, is_daclip_file
+from vlunet.convert.irsde_checkpoint import convert_irsde_checkpoint, is_irsde_unet_file
+from vlunet.convert.vlunet_checkpoint import convert_official_checkpoint
+from vlunet.convert.vlunet_release import missing_file_message, verify_official_file
 
 
 def main(argv=None) -> int:
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
 
 def _convert_irsde(src: str, out_dir: str, trusted: bool) -> int:
-    """DA-CLIP's released restoration network (universal-ir.pth): vlunet.utils.daclip.irsde_checkpoint."""
+    """DA-CLIP's released restoration network (universal-ir.pth): vlunet.convert.irsde_checkpoint."""
     try:
         written = convert_irsde_checkpoint(src, out_dir, trusted=trusted)
     except (FileNotFoundError, ValueError) as error:
@@ -78,7 +78,7 @@ def _convert_irsde(src: str, out_dir: str, trusted: bool) -> int:
 
 
 def _convert_daclip(src: str, out_dir: str, trusted: bool) -> int:
-    """DA-CLIP's released encoder (daclip_ViT-B-32.pt): vlunet.utils.daclip.daclip_checkpoint."""
+    """DA-CLIP's released encoder (daclip_ViT-B-32.pt): vlunet.convert.daclip_checkpoint."""
     from vlunet.utils.safe_load import UnsafeCheckpointError
     try:
         path = convert_daclip_checkpoint(src, out_dir, trusted=trusted)

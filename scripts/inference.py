@@ -45,11 +45,11 @@ from tqdm import tqdm  # noqa: E402
 
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS  # noqa: E402
 from vlunet.inference import DEFAULT_ENCODER, Restorer, load_image, save_image  # noqa: E402
-from vlunet.models.degradation_classification import PromptScorer  # noqa: E402
+from vlunet.guidance.degradation_classification import PromptScorer  # noqa: E402
 from vlunet.options import OptionError  # noqa: E402
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point  # noqa: E402
-from vlunet.utils.memory_model import parse_memory_size  # noqa: E402
-from vlunet.utils.tiling import AUTO  # noqa: E402
+from vlunet.tiling.memory_model import parse_memory_size  # noqa: E402
+from vlunet.tiling.tiles import AUTO  # noqa: E402
 
 
 SUPPORTED = ' '.join(extension for extension in IMAGE_EXTENSIONS if extension.islower())

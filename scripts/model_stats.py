@@ -13,7 +13,7 @@ output projection is merged into the small attention matrix, see README "Perform
 1x3xSxS random image (batch 1, inference mode) on ``--device``, after one warm-up pass, using
 ``torch.get_num_threads()`` CPU threads (set ``OMP_NUM_THREADS`` to change them). Guided networks get
 random (1, D) embeddings for the guidance they take (NAFNetDACLIP: ``degradation`` and ``content``; VLU-Net:
-``degradation``; see :mod:`vlunet.models.degradation_encoder`); the encoder computing them is not counted.
+``degradation``; see :mod:`vlunet.guidance.degradation_encoder`); the encoder computing them is not counted.
 """
 import argparse
 import inspect
@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers VLUNet)
 from basicsr.archs import build_network
-from vlunet.models.degradation_encoder import UNDECLARED_GUIDANCE, declared_guidance
+from vlunet.guidance.degradation_encoder import UNDECLARED_GUIDANCE, declared_guidance
 from vlunet.options import OptionError, load_option_file
 
 CONV_OPS = ('aten.convolution',)

@@ -44,7 +44,7 @@ from vlunet.data.synthetic_degradations import apply_degradations  # noqa: E402
 from vlunet.inference import build_restoration_network, load_image, resolve_device, save_image  # noqa: E402
 from vlunet.options import load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
-from vlunet.utils.tiling import parse_tile_options, restore  # noqa: E402
+from vlunet.tiling.tiles import parse_tile_options, restore  # noqa: E402
 
 META_INFO = 'meta_info.txt'
 RUN_META_PREFIX = 'meta_info_restored_by_'

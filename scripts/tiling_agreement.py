@@ -10,7 +10,7 @@ This script restores one natural image (scikit-image's astronaut, resized to ``-
 ``--width``) whole and in tiles with the same seeded network (official size by default, random
 weights or ``--weights``) and the same degradation vector d (as :class:`vlunet.inference.Restorer`
 shares d over the tiles), and prints PSNR(tiled, whole) on the [0, 1]-clamped outputs for every
-tile size x overlap x blending of :mod:`vlunet.utils.tiling`. Each distinct tile is computed once
+tile size x overlap x blending of :mod:`vlunet.tiling.tiles`. Each distinct tile is computed once
 (shared by the blendings and by overlaps that place a tile at the same position). For scale,
 PSNR(whole output, input) says how much the network changes the image.
 """
@@ -27,7 +27,7 @@ import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
 from basicsr.archs import build_network
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.safe_load import safe_torch_load
-from vlunet.utils.tiling import BLENDS, restore_tiled, run_padded
+from vlunet.tiling.tiles import BLENDS, restore_tiled, run_padded
 
 SEED = 0
 SIZE_MULTIPLE = 8

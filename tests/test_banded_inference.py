@@ -11,7 +11,7 @@ from official_reference import official_forward
 from test_vlunet_arch import relative_error, tiny_net
 from vlunet.archs import restormer_blocks
 from vlunet.archs.restormer_blocks import GatedFeedForward, TransposedSelfAttention, row_bands
-from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
+from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 
 
 def _channels_last(*shape: int, seed: int) -> torch.Tensor:

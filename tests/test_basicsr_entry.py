@@ -161,8 +161,8 @@ def test_importing_basicsr_alone_registers_vlunet_without_open_clip(tmp_path):
             'type(basicsr.__loader__).__name__, "vlunet_basicsr_hook" in str(sys.meta_path), '
             '[m for m in ("open_clip", "timm", "skimage") if m in sys.modules])')
     result = _run(['-c', code], str(tmp_path))
-    assert result.stdout.split() == ['vlunet.archs.vlunet_arch', 'vlunet.data.mixed_degradation_dataset',
-                                     'vlunet.models.vlunet_model', 'DegradationCLIP', 'SourceFileLoader', 'False',
+    assert result.stdout.split() == ['vlunet.archs.vlunet.vlunet_arch', 'vlunet.data.mixed_degradation_dataset',
+                                     'vlunet.models.guided_restoration_model', 'DegradationCLIP', 'SourceFileLoader', 'False',
                                      '[]']
 
 

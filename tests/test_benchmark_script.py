@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from vlunet.archs.vlunet_arch import VLUNet
+from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.options import OptionError
-from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
+from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BENCHMARK = osp.join(ROOT, 'scripts', 'benchmark.py')

@@ -17,7 +17,7 @@ from conftest import REPO_ROOT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smo
 
 import vlunet  # noqa: F401
 from vlunet.models.clip_finetune_model import CLIPFinetuneModel
-from vlunet.models.degradation_classification import OFFICIAL_PROMPTS, check_labels, parse_prompts
+from vlunet.guidance.degradation_classification import OFFICIAL_PROMPTS, check_labels, parse_prompts
 
 TASKS = ('denoise_50', 'dehaze', 'delowlight')
 PROMPTS = ['image with large amount of noise', 'image with haze', 'image with low light']

@@ -21,7 +21,7 @@ from conftest import TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, 
 import vlunet  # noqa: F401
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
-from vlunet.models.validation_record import ValidationRecord
+from vlunet.utils.validation_record import ValidationRecord
 from vlunet.utils import console_log
 from vlunet.utils.similarity_heatmap import BAR_WIDTH, CELL, colour_bar, draw_heatmap
 

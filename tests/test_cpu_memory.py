@@ -10,7 +10,8 @@ import sys
 import psutil
 import pytest
 
-from vlunet.utils import cpu_memory, memory_model
+from vlunet.tiling import memory_model
+from vlunet.utils import cpu_memory
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='mallopt is glibc-only')
 

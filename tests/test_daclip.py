@@ -15,8 +15,8 @@ from PIL import Image
 import vlunet  # noqa: F401
 from conftest import REPO_ROOT, TINY_CLIP_CONFIG, register_clip_config
 from vlunet.archs.daclip.daclip_arch import DACLIP, daclip_preprocess
-from vlunet.losses.daclip_loss import DACLIPLoss
-from vlunet.utils.daclip.daclip_checkpoint import convert_daclip_checkpoint, is_daclip_file, official_to_plugin_state_dict
+from vlunet.losses.daclip.daclip_loss import DACLIPLoss
+from vlunet.convert.daclip_checkpoint import convert_daclip_checkpoint, is_daclip_file, official_to_plugin_state_dict
 from vlunet.utils.safe_load import UnsafeCheckpointError
 
 TINY_DACLIP_NAME = 'vlunet-tiny-daclip'

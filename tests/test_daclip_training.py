@@ -17,7 +17,7 @@ from test_daclip import TINY_DACLIP_CONFIG, TINY_DACLIP_NAME
 
 import vlunet  # noqa: F401
 from basicsr.utils.registry import MODEL_REGISTRY
-from vlunet.losses.daclip_loss import DACLIPLoss
+from vlunet.losses.daclip.daclip_loss import DACLIPLoss
 from vlunet.models.daclip.daclip_model import WarmupCosineSchedule
 
 NAMES = ['noisy', 'hazy', 'low-light']
@@ -172,7 +172,7 @@ DISTRIBUTED_SCRIPT = '''
 import sys, torch
 from torch import distributed
 distributed.init_process_group('gloo')
-from vlunet.losses.daclip_loss import DACLIPLoss
+from vlunet.losses.daclip.daclip_loss import DACLIPLoss
 rank = distributed.get_rank()
 generator = torch.Generator().manual_seed(0)
 features = [torch.randn(8, 16, generator=generator) for _ in range(4)]

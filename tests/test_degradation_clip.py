@@ -12,7 +12,7 @@ from torchvision import transforms
 
 import vlunet  # noqa: F401
 from vlunet.archs.degradation_clip_arch import DegradationCLIP, clip_preprocess
-from vlunet.losses.degradation_contrastive_loss import (DegradationContrastiveLoss, MultiPositiveContrastiveLoss,
+from vlunet.losses.vlunet.degradation_contrastive_loss import (DegradationContrastiveLoss, MultiPositiveContrastiveLoss,
                                                         PromptCrossEntropyLoss)
 from vlunet.metrics.degradation_accuracy_metric import calculate_degradation_accuracy, similarity_matrix
 from vlunet.utils.similarity_heatmap import colour_bar, draw_heatmap, format_similarity_csv

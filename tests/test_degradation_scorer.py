@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 import vlunet  # noqa: F401
 from basicsr.archs import build_network
 from vlunet.inference import Restorer
-from vlunet.losses.degradation_contrastive_loss import DegradationContrastiveLoss, PromptCrossEntropyLoss
+from vlunet.losses.vlunet.degradation_contrastive_loss import DegradationContrastiveLoss, PromptCrossEntropyLoss
 from vlunet.models.clip_finetune_model import CLIPFinetuneModel
-from vlunet.models.degradation_classification import (OFFICIAL_SCORER, PromptScorer, read_scorer,
+from vlunet.guidance.degradation_classification import (OFFICIAL_SCORER, PromptScorer, read_scorer,
                                                       scorer_of_checkpoint, scorer_of_loss)
 
 PROMPTS = ['image with noise', 'image with haze', 'image with rain', 'image with blur', 'image with low light']

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlunet.archs import gradient_step, restormer_blocks
-from vlunet.archs.gradient_step import DegradationGuidedGradientStep
+from vlunet.archs import restormer_blocks
+from vlunet.archs.vlunet import gradient_step
+from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
 from vlunet.archs.restormer_backward import AttentionChannels, fused_projected_attention
 from vlunet.archs.restormer_blocks import GatedFeedForward, TransposedSelfAttention
 

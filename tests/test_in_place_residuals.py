@@ -9,7 +9,7 @@ import vlunet  # noqa: F401  (compat shim before basicsr)
 from test_banded_inference import _channels_last, _randomised
 from test_vlunet_arch import relative_error, tiny_net
 from vlunet.archs import restormer_blocks
-from vlunet.archs.gradient_step import DegradationGuidedGradientStep
+from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
 from vlunet.archs.restormer_blocks import (GatedFeedForward, TransformerBlock, TransformerBlocks,
                                            TransposedSelfAttention)
 

@@ -1,7 +1,7 @@
 """Inference: the Restorer API (weights, CLIP guidance, detection, input checks) and scripts/inference.py.
 
 Tiled vs whole-image agreement is tested once, in test_vlunet_model.py (the API calls the same
-``vlunet.utils.tiling.restore``).
+``vlunet.tiling.tiles.restore``).
 """
 import json
 import os
@@ -17,7 +17,7 @@ import vlunet  # noqa: F401
 from basicsr.archs import build_network
 from vlunet.inference import (DEFAULT_PROMPTS, InferenceOutOfMemoryError, NonFiniteImageError, Restorer,
                               load_image)
-from vlunet.utils.tiling import parse_tile_options
+from vlunet.tiling.tiles import parse_tile_options
 
 TINY_SIZES = {'type': 'VLUNet', 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

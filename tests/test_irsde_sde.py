@@ -1,4 +1,4 @@
-"""IR-SDE schedule and sampler (vlunet.utils.daclip.irsde) against an independent float64 computation of §2.4.
+"""IR-SDE schedule and sampler (vlunet.models.daclip.irsde) against an independent float64 computation of §2.4.
 
 The reference functions below are written from the formulas of seed-systems §2.4 (max_sigma 50/255,
 T 100, cosine schedule with s = 0.008 over T + 2 steps, eps 0.005), in numpy, not from the module.
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlunet.utils.daclip.irsde import IRSDE
+from vlunet.models.daclip.irsde import IRSDE
 
 MAX_SIGMA = 50 / 255
 T = 100

@@ -21,7 +21,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from vlunet.archs import restormer_blocks
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.archs.daclip.irsde_unet_blocks import SinusoidalTimeEmbedding, SpatialTransformer
-from vlunet.utils.daclip.irsde_checkpoint import is_irsde_unet_file, network_config
+from vlunet.convert.irsde_checkpoint import is_irsde_unet_file, network_config
 
 # 8 base channels: widths 8, 8, 16, 32, 64 (transformers at 32 and 64 channels), 16-d contexts.
 TINY = {'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16}

@@ -17,7 +17,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from vlunet.data.daclip.daclip_universal_dataset import DACLIP_DEGRADATIONS, PAPER_NAMES, DAClipUniversalDataset
 from vlunet.inference import Restorer
 from vlunet.options import load_option_file
-from vlunet.utils.daclip.irsde_restore import encode_contexts
+from vlunet.models.daclip.irsde_sampler import encode_contexts
 
 TINY_UNET = {'type': 'ConditionalUNet', 'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 512}
 SIZES = {name: 1 + k % 3 for k, name in enumerate(DACLIP_DEGRADATIONS)}  # pairs per degradation: 1, 2 or 3

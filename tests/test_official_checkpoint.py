@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from vlunet.archs.vlunet_arch import VLUNet
-from vlunet.utils.official_checkpoint import convert_official_checkpoint
-from vlunet.utils.official_release import RELEASE_PACKAGE_URL, verify_official_file
+from vlunet.archs.vlunet.vlunet_arch import VLUNet
+from vlunet.convert.vlunet_checkpoint import convert_official_checkpoint
+from vlunet.convert.vlunet_release import RELEASE_PACKAGE_URL, verify_official_file
 
 TESTS = osp.dirname(osp.abspath(__file__))
 SCRIPT = osp.join(osp.dirname(TESTS), 'scripts', 'convert_official_checkpoint.py')

@@ -12,11 +12,11 @@ import vlunet  # noqa: F401  (compat shim before basicsr)
 from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
 from vlunet.archs.perceiveir.perceiveir_prompts_arch import QualityPrompts
-from vlunet.losses.perceiveir_contrastive_loss import DegradationPatchContrastiveLoss
-from vlunet.losses.perceiveir_perceptual_loss import (PAPER_LAYER_WEIGHTS, DifficultyAdaptivePerceptualLoss,
+from vlunet.losses.perceiveir.perceiveir_contrastive_loss import DegradationPatchContrastiveLoss
+from vlunet.losses.perceiveir.perceiveir_perceptual_loss import (PAPER_LAYER_WEIGHTS, DifficultyAdaptivePerceptualLoss,
                                                        difficulty_weights)
-from vlunet.losses.perceiveir_quality_loss import QualityPromptLoss
-from vlunet.utils.perceiveir.vgg16_features import VGG16_WEIGHTS_FILE, VGG16_WEIGHTS_URL, VGG16Features
+from vlunet.losses.perceiveir.perceiveir_quality_loss import QualityPromptLoss
+from vlunet.archs.perceiveir.vgg16_features import VGG16_WEIGHTS_FILE, VGG16_WEIGHTS_URL, VGG16Features
 
 # ------------------------------------------------------------------ L_cl (Eq. 12)
 

@@ -15,7 +15,7 @@ from conftest import TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, 
 
 import vlunet  # noqa: F401
 from vlunet.data.perceiveir.perceiveir_restoration_dataset import PerceiveIRRestorationDataset
-from vlunet.losses.perceiveir_perceptual_loss import difficulty_weights
+from vlunet.losses.perceiveir.perceiveir_perceptual_loss import difficulty_weights
 from vlunet.models.perceiveir.perceiveir_difficulty_probe import DifficultyProbe, psnr_per_image
 
 SIZE = (40, 44)  # height, width of the generated images

@@ -8,7 +8,7 @@ import vlunet  # noqa: F401  (compat shim before basicsr)
 from conftest import smooth_image
 from test_vlunet_arch import relative_error
 from vlunet.archs.restormer_blocks import channel_attention
-from vlunet.archs.vlunet_arch import VLUNet
+from vlunet.archs.vlunet.vlunet_arch import VLUNet
 
 REDUCED = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 TOLERANCE = 1e-2  # max |low - fp32| / max |fp32|

@@ -23,8 +23,8 @@ from conftest import REPO_ROOT, run_entry, smooth_image, write_image
 import vlunet  # noqa: F401
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from vlunet.inference import Restorer
-from vlunet.models.degradation_encoder import build_degradation_encoder
-from vlunet.utils.official_checkpoint import load_official_file
+from vlunet.guidance.degradation_encoder import build_degradation_encoder
+from vlunet.convert.vlunet_checkpoint import load_official_file
 from vlunet.utils.safe_load import UnsafeCheckpointError, safe_torch_load
 
 CONVERTER = osp.join(REPO_ROOT, 'scripts', 'convert_official_checkpoint.py')

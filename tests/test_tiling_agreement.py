@@ -13,7 +13,7 @@ import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from conftest import REPO_ROOT
-from vlunet.utils.tiling import BLENDS, restore_tiled
+from vlunet.tiling.tiles import BLENDS, restore_tiled
 
 SCRIPT = osp.join(REPO_ROOT, 'scripts', 'tiling_agreement.py')
 TINY = dict(de_dim=3, dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], key_size=8)

@@ -14,8 +14,8 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils.registry import ARCH_REGISTRY
 from official_reference import official_forward
 from vlunet.archs.padding import pad_to_multiple
-from vlunet.archs.vlunet_arch import VLUNet
-from vlunet.utils.official_checkpoint import official_to_plugin_key, plugin_to_official_state_dict
+from vlunet.archs.vlunet.vlunet_arch import VLUNet
+from vlunet.convert.vlunet_checkpoint import official_to_plugin_key, plugin_to_official_state_dict
 from vlunet.utils.safe_load import safe_torch_load
 
 MANIFEST = osp.join(osp.dirname(osp.abspath(__file__)), 'data', 'vlunet_official_state_dict.tsv')

@@ -9,7 +9,7 @@ from official_reference import OfficialVLUNet
 from test_vlunet_arch import relative_error
 from test_vlunet_arch import tiny_net as arch_tiny_net
 from vlunet.archs.restormer_blocks import (TransformerBlock, channel_attention, pointwise, projected_attention)
-from vlunet.utils.official_checkpoint import official_to_plugin_key, plugin_to_official_state_dict
+from vlunet.convert.vlunet_checkpoint import official_to_plugin_key, plugin_to_official_state_dict
 
 
 def tiny_net(seed: int):

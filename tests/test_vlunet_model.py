@@ -25,7 +25,7 @@ import vlunet  # noqa: F401
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from vlunet.metrics.restoration_metric import calculate_psnr_float_rgb, calculate_ssim_float_rgb
 from vlunet.utils.results_table import format_markdown
-from vlunet.utils.tiling import TileOptions, parse_tile_options, restore, tile_starts
+from vlunet.tiling.tiles import TileOptions, parse_tile_options, restore, tile_starts
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 3, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

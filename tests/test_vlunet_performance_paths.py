@@ -17,8 +17,8 @@ from test_vlunet_arch import relative_error
 from test_vlunet_arch import tiny_net as arch_tiny_net
 from vlunet.archs.padding import pad_to_multiple
 from vlunet.archs.restormer_blocks import channel_attention
-from vlunet.archs.vlunet_arch import VLUNet
-from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
+from vlunet.archs.vlunet.vlunet_arch import VLUNet
+from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 from vlunet.utils.precision import AmpOptions, autocast, make_grad_scaler, parse_amp_options
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -21,25 +21,25 @@ default ``{type: DegradationCLIP, backbone: ViT-B-32}``) is built when ``clip_we
 :meth:`Restorer.from_option_file` reads all of this from a test option file.
 
 Images are restored whole when they fit in memory, else in the largest tiles that fit (``tile='auto'``,
-:mod:`vlunet.utils.tiling`; :meth:`Restorer.tile_plan` says which). The degradation vector d is
+:mod:`vlunet.tiling.tiles`; :meth:`Restorer.tile_plan` says which). The degradation vector d is
 computed once from the whole image and shared by all tiles.
 
 NAFNet + DA-CLIP (``network_options: {type: NAFNetDACLIP}``, e.g. from ``options/daclip/test_nafnet_daclip.yml``)
 takes DA-CLIP's content embedding too (``content=``): networks declaring ``guidance_inputs`` get exactly
-those embeddings (:mod:`vlunet.models.degradation_encoder`, as in training), both computed once per image
+those embeddings (:mod:`vlunet.guidance.degradation_encoder`, as in training), both computed once per image
 by the DACLIP encoder (the default encoder of DA-CLIP's networks) and given to every tile; plain
 ``NAFNet`` takes none (an encoder then only detects the degradation).
 
 :meth:`Restorer.detect_degradation` scores the image embedding against the text embeddings of the
 ``prompts`` (default: the seven official degradation texts) and returns the best prompt and the
 softmax over the prompts. It scores with the scorer the adapters were trained with, the one CLIP
-validation uses (:class:`~vlunet.models.degradation_classification.PromptScorer`): recorded in our
+validation uses (:class:`~vlunet.guidance.degradation_classification.PromptScorer`): recorded in our
 fine-tuning checkpoints (cosine × temperature for the contrastive losses), the official raw dot
 product for official and converted files, or ``scorer=`` to choose.
 
 DA-CLIP's IR-SDE networks (``network_options: {type: ConditionalUNet}``, e.g. from
 ``options/daclip/test_universal_ir_released.yml``) restore by sampling
-(:mod:`vlunet.utils.daclip.irsde_restore`): the DACLIP encoder's two embeddings are computed once per
+(:mod:`vlunet.models.daclip.irsde_sampler`): the DACLIP encoder's two embeddings are computed once per
 image, ``sde_steps`` steps (default ``sde.T``, 100) each run the network whole or in the tiles planned
 once for the image, and the noise is seeded with ``seed`` (default ``sde.seed``, 0), so a restoration is
 reproducible. Their detected degradation is the best of DA-CLIP's 10 degradation names, scored as
@@ -50,7 +50,7 @@ DA-CLIP classifies (cosine × 100)::
 Checks: an input or output with NaN/Inf values and running out of memory raise errors that say what
 to do (:class:`NonFiniteImageError`, :class:`InferenceOutOfMemoryError`), instead of a black image or
 the allocator's message; under ``tile='auto'`` an image that cannot fit even in the smallest tiles
-raises :class:`~vlunet.utils.tiling.InsufficientMemoryError` before any work.
+raises :class:`~vlunet.tiling.tiles.InsufficientMemoryError` before any work.
 """
 import os.path as osp
 from functools import partial
@@ -67,19 +67,19 @@ from vlunet.archs.daclip.nafnet_daclip_arch import NAFNetDACLIP
 from vlunet.data.daclip.daclip_universal_dataset import DACLIP_DEGRADATIONS
 from vlunet.data.image_io import read_image
 from vlunet.data.task_catalog import KNOWN_TASKS
-from vlunet.models.degradation_classification import OFFICIAL_SCORER, PromptScorer, read_scorer
-from vlunet.losses.daclip_loss import DACLIPLoss
-from vlunet.models.degradation_encoder import (WEIGHTS_KEY, Guidance, build_degradation_encoder, encode_guidance,
+from vlunet.guidance.degradation_classification import OFFICIAL_SCORER, PromptScorer, read_scorer
+from vlunet.losses.daclip.daclip_loss import DACLIPLoss
+from vlunet.guidance.degradation_encoder import (WEIGHTS_KEY, Guidance, build_degradation_encoder, encode_guidance,
                                                guidance_inputs, guidance_keywords)
 from vlunet.options import load_option_file
 from vlunet.utils.atomic_write import atomic_imwrite
-from vlunet.utils.daclip.irsde_restore import IRSDERestoration, check_encoder, encode_contexts, is_noise_network
-from vlunet.utils.official_checkpoint import detect_de_dim
-from vlunet.utils.official_release import RELEASE_PACKAGE_URL
+from vlunet.models.daclip.irsde_sampler import IRSDERestoration, check_encoder, encode_contexts, is_noise_network
+from vlunet.convert.vlunet_checkpoint import detect_de_dim
+from vlunet.convert.vlunet_release import RELEASE_PACKAGE_URL
 from vlunet.utils.precision import AmpOptions, autocast
 from vlunet.utils.safe_load import safe_torch_load
-from vlunet.utils.memory_model import cached_memory_model, network_memory_key
-from vlunet.utils.tiling import AutoTile, TileOptions, TilePlan, parse_tile_options, plan_tiles, restore
+from vlunet.tiling.memory_model import cached_memory_model, network_memory_key
+from vlunet.tiling.tiles import AutoTile, TileOptions, TilePlan, parse_tile_options, plan_tiles, restore
 
 DEFAULT_PROMPTS = tuple(task.text for task in KNOWN_TASKS.values())
 DEFAULT_ENCODER = {'type': 'DegradationCLIP', 'backbone': 'ViT-B-32', 'pretrained': None}
@@ -180,25 +180,25 @@ class Restorer:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         tile: ``'auto'`` (default: the whole image when it fits in memory, else the largest tile that fits),
             ``{'size': 'auto', 'max_memory': '4GB'}``, fixed tiles ``{'size': 512, 'overlap': 32, 'batch': 2}``
-            or None for whole images (:mod:`vlunet.utils.tiling`).
+            or None for whole images (:mod:`vlunet.tiling.tiles`).
         half: float16 autocast for the network on CUDA (the encoder stays float32).
         prompts: degradation texts for :meth:`detect_degradation` (default: the seven official ones; DA-CLIP's
             10 degradation names for a DACLIP encoder; a single string is one prompt).
         scorer: how :meth:`detect_degradation` scores images against prompts: a
-            :class:`~vlunet.models.degradation_classification.PromptScorer` or its text (``dot``,
+            :class:`~vlunet.guidance.degradation_classification.PromptScorer` or its text (``dot``,
             ``cosine``, ``cosine:<temperature>``); default: the one recorded in ``clip_weights`` (the
             loss the adapters were trained with), else the official ``dot``; DA-CLIP's for a DACLIP encoder.
         param_key: key of the network weights in ``net_weights`` (falls back to params / params_ema).
         progress: show a progress bar over the tiles of each image, with the time left (tiled inference only;
             IR-SDE networks: over the sampling steps).
-        sde: an IR-SDE network's ``sde`` option block (:mod:`vlunet.utils.daclip.irsde_restore`; default the
+        sde: an IR-SDE network's ``sde`` option block (:mod:`vlunet.models.daclip.irsde_sampler`; default the
             release's settings); IR-SDE networks (``ConditionalUNet``) restore by sampling, with the DA-CLIP
             contexts encoded once per image and each step's network run whole or in tiles as ``tile`` says.
         sde_steps: IR-SDE sampling steps (default ``sde.T``, 100: the paper's setting; fewer: faster, approximate).
         seed: IR-SDE noise seed of every image (default ``sde.seed``, else 0): reproducible restorations.
 
     Attributes ``on_plan`` and ``on_progress`` (default None): called with each image's
-    :class:`~vlunet.utils.tiling.TilePlan` before its restoration starts, and with the pixels restored
+    :class:`~vlunet.tiling.tiles.TilePlan` before its restoration starts, and with the pixels restored
     after each forward (a progress bar over a folder sums the :meth:`tile_plan` pixels of its images).
     """
 
@@ -290,7 +290,7 @@ class Restorer:
     def encode_guidance(self, images: torch.Tensor) -> Guidance:
         """The embeddings of ``images`` (B, 3, H, W) in [0, 1], computed once: d (B, D) whenever there is an
         encoder (detection scores it), and DA-CLIP's content embedding c (B, D) when the network takes
-        ``content=`` (its ``guidance_inputs``, :mod:`vlunet.models.degradation_encoder`); {} without an encoder."""
+        ``content=`` (its ``guidance_inputs``, :mod:`vlunet.guidance.degradation_encoder`); {} without an encoder."""
         return encode_guidance(self.encoder, images, ('degradation', *self.guidance_inputs))
 
     def restore_tensor(self, images: torch.Tensor, degradation: Optional[torch.Tensor] = None,

@@ -31,7 +31,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from vlunet.utils.console_log import without_random_init_warning
-from vlunet.utils.official_checkpoint import load_official_file, official_clip_state_dict
+from vlunet.convert.vlunet_checkpoint import load_official_file, official_clip_state_dict
 from vlunet.utils.safe_load import safe_torch_load
 
 __all__ = ['DegradationCLIP', 'clip_preprocess', 'official_clip_state_dict']

@@ -2,7 +2,7 @@
 
 A dataset-level metric is a registered METRIC_REGISTRY function marked with
 :func:`dataset_level_metric`. Called with its options (the ``val.metrics`` entry without ``type``),
-it returns a fresh :class:`DatasetMetric` for one test set. ``VLUNetModel.validation`` (and the models
+it returns a fresh :class:`DatasetMetric` for one test set. ``GuidedRestorationModel.validation`` (and the models
 built on it) then:
 
 1. calls ``add(img=restored, img2=ground_truth)`` for every image of the set on this rank, with the

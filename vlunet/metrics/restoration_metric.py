@@ -9,7 +9,7 @@ RGB channels, no uint8 quantisation, ``skimage.metrics.peak_signal_noise_ratio(d
 Input convention: a metric function whose attribute ``metric_input`` is ``FLOAT_RGB`` receives
 ``img``/``img2`` as float (H, W, 3) RGB arrays in [0, 1] (any float dtype; the model passes float32
 like the official code); every other metric gets BasicSR's uint8 BGR (H, W, C) arrays from
-``tensor2img``. ``VLUNetModel`` reads the attribute to build the right arrays, so a new float metric
+``tensor2img``. ``GuidedRestorationModel`` reads the attribute to build the right arrays, so a new float metric
 only needs the :func:`float_rgb_metric` decorator. Option file example::
 
     val:

@@ -16,7 +16,7 @@ Option file (see ``options/train_clip_nhrbl.yml``)::
       metrics: {accuracy: {type: calculate_degradation_accuracy}}
 
 Batches are dataset samples with ``lq`` (B, 3, H, W) in [0, 1], ``task_index`` (the label, an index
-into ``degradation_prompts``; see :mod:`vlunet.models.degradation_classification` for the required
+into ``degradation_prompts``; see :mod:`vlunet.guidance.degradation_classification` for the required
 alignment, checked on every batch), and optionally ``text`` and ``task``.
 
 Only the adapters (and the loss's temperature, if learnable) are optimised; the backbone is frozen,
@@ -44,15 +44,15 @@ from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import distributed, nn
 
-from vlunet.losses.degradation_contrastive_loss import DegradationContrastiveLoss
-from vlunet.models.degradation_classification import (SCORER_KEY, Classification, check_labels, classify,
+from vlunet.losses.vlunet.degradation_contrastive_loss import DegradationContrastiveLoss
+from vlunet.guidance.degradation_classification import (SCORER_KEY, Classification, check_labels, classify,
                                                       format_accuracy_table, parse_prompts, scorer_of_loss,
                                                       write_heatmap)
-from vlunet.models.validation_record import ValidationRecord
-from vlunet.models.vlunet_model import MULTIPLE_VALIDATION_WARNING, VLUNetModel, optimizer_problems
+from vlunet.utils.validation_record import ValidationRecord
+from vlunet.models.guided_restoration_model import MULTIPLE_VALIDATION_WARNING, GuidedRestorationModel, optimizer_problems
 from vlunet.utils.atomic_write import atomic_torch_save
 from vlunet.utils.console_log import drop_messages
-from vlunet.utils.official_checkpoint import load_official_file
+from vlunet.convert.vlunet_checkpoint import load_official_file
 
 NETWORK_KEY = 'network_clip'
 WEIGHTS_KEY = 'pretrain_network_clip'
@@ -64,8 +64,8 @@ OPTIMIZER_KEY = 'optim_clip'
 class CLIPFinetuneModel(BaseModel):
     """Trains DegradationCLIP's adapters with a degradation contrastive loss (see the module docstring)."""
 
-    get_optimizer = VLUNetModel.get_optimizer  # Adam, AdamW, SGD
-    save_training_state = VLUNetModel.save_training_state  # atomic, optimisers + schedulers only
+    get_optimizer = GuidedRestorationModel.get_optimizer  # Adam, AdamW, SGD
+    save_training_state = GuidedRestorationModel.save_training_state  # atomic, optimisers + schedulers only
     grad_scaler = None  # the adapters train in fp32: no GradScaler state to save
 
     @staticmethod

@@ -36,7 +36,7 @@ float32; the networks run in the encoder's precision (fp32 unless the caller use
 original restoration code uses fp16 autocast on CUDA).
 
 Loading: :meth:`DACLIP.load_weights` reads the official file, the converted file or a DACLIPModel
-checkpoint (key table in :mod:`vlunet.utils.daclip.daclip_checkpoint`), never running code from a pickle.
+checkpoint (key table in :mod:`vlunet.convert.daclip_checkpoint`), never running code from a pickle.
 """
 import copy
 from typing import Dict, List, Optional, Tuple
@@ -48,7 +48,7 @@ from PIL import Image
 from torch import nn
 
 from vlunet.archs.degradation_clip_arch import build_backbone, register_backbone_config
-from vlunet.utils.daclip.daclip_checkpoint import daclip_state_dict, is_daclip_file
+from vlunet.convert.daclip_checkpoint import daclip_state_dict, is_daclip_file
 from vlunet.utils.safe_load import safe_torch_load
 
 __all__ = ['DACLIP', 'daclip_preprocess', 'truncate_to_uint8', 'resize_and_centre_crop']

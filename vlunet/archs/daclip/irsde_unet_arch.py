@@ -2,7 +2,7 @@
 
 ``net(xt, cond, time, text_context=None, image_context=None)`` predicts the noise of the SDE state
 ``xt`` (B, 3, H, W) given the low-quality image ``cond`` = μ (B, 3, H, W) at diffusion step ``time``;
-the sampler lives in :mod:`vlunet.utils.daclip.irsde`. The released DA-CLIP configuration (the defaults:
+the sampler lives in :mod:`vlunet.models.daclip.irsde`. The released DA-CLIP configuration (the defaults:
 ``nf 64, ch_mult [1, 2, 4, 8], context_dim 512``, both contexts on) has 48,975,747 parameters; with
 ``use_degra_context`` and ``use_image_context`` false (or ``context_dim <= 0``) it is plain IR-SDE's
 network, 36,236,419 parameters.
@@ -39,7 +39,7 @@ Differences from the release, none of which changes an output the release comput
   output is contiguous NCHW, as the release's.
 
 Parameter names are the release's: a released ``universal-ir.pth`` loads as it is
-(:mod:`vlunet.utils.daclip.irsde_checkpoint` only wraps it as ``{'params': state_dict}``).
+(:mod:`vlunet.convert.irsde_checkpoint` only wraps it as ``{'params': state_dict}``).
 """
 import numbers
 from typing import Optional, Sequence, Union

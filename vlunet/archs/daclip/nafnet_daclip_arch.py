@@ -2,7 +2,7 @@
 
 ``net(lq, degradation=d, content=c)`` restores ``lq`` (B, 3, H, W) of any size; d and c are DA-CLIP's
 degradation and content embeddings of ``lq`` (B, context_dim each, un-normalised, as the IR-SDE
-restoration uses them), computed by :class:`~vlunet.models.vlunet_model.VLUNetModel` with
+restoration uses them), computed by :class:`~vlunet.models.guided_restoration_model.GuidedRestorationModel` with
 ``degradation_encoder: {type: DACLIP}``. With both guidance switches off (``use_degra_context`` and
 ``use_image_context`` false) it is plain NAFNet and takes no embeddings: the paper's "NAFNet" row,
 also registered as ``NAFNet``.

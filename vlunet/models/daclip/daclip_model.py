@@ -24,7 +24,7 @@ frozen CLIP's.
 One step (the original ``train_one_epoch``): content, degradation = ``DACLIP.encode(lq)`` (the
 restoration pipeline's preprocessing: the random augmentation is the dataset's crops and flips, not
 open_clip's ``RandomResizedCrop(0.9-1)``, a documented simplification), caption and name embeddings
-from the frozen text tower, :class:`~vlunet.losses.daclip_loss.DACLIPLoss` (content + degradation,
+from the frozen text tower, :class:`~vlunet.losses.daclip.daclip_loss.DACLIPLoss` (content + degradation,
 weight 1 each, over the global batch in distributed runs), AdamW step, then ``logit_scale`` clamped
 to [0, ln 100]. Optimiser groups as open_clip: tensors with ndim < 2 or names containing ``bn``,
 ``ln``, ``bias`` or ``logit_scale`` get no weight decay; the frozen CLIP has no optimiser state.

@@ -1,7 +1,7 @@
 """IR-SDE restoration guided by DA-CLIP (DA-CLIP's universal image restoration) as a BasicSR model.
 
 ``net_g`` is a noise-prediction network called as ``net_g(xt, lq, t, text_context=d, image_context=c)``
-(:class:`~vlunet.archs.daclip.irsde_unet_arch.ConditionalUNet`); the SDE is :class:`~vlunet.utils.daclip.irsde.IRSDE`.
+(:class:`~vlunet.archs.daclip.irsde_unet_arch.ConditionalUNet`); the SDE is :class:`~vlunet.models.daclip.irsde.IRSDE`.
 Option file (besides BasicSR's)::
 
     degradation_encoder: {type: DACLIP, backbone: ViT-B-32}   # any module with encode(images) -> (content, degradation)
@@ -20,7 +20,7 @@ Option file (besides BasicSR's)::
       ema_update_every: 10    # the EMA is updated every N iterations (the release: ema_pytorch, every 10)
 
 The DA-CLIP embeddings of each LQ image are computed once per batch by the frozen encoder
-(:mod:`vlunet.models.degradation_encoder`, shared with :class:`~vlunet.models.vlunet_model.VLUNetModel`):
+(:mod:`vlunet.guidance.degradation_encoder`, shared with :class:`~vlunet.models.guided_restoration_model.GuidedRestorationModel`):
 they get no gradient, are not in the EMA copy and are never saved. Without ``degradation_encoder``
 the network gets no contexts (plain IR-SDE: ``use_degra_context``/``use_image_context`` false).
 
@@ -29,7 +29,7 @@ Training step: a random step per image, its noisy state, the predicted noise, an
 sampling (T steps of ``sde.sampling_mode``) from the EMA network when there is one, with a generator
 seeded with ``sde.seed`` for every image, so each result is reproducible and independent of the
 order or rank it is processed in. Metrics, results tables, logging and checkpoints are
-VLUNetModel's. The release's EMA (ema_pytorch) also copies the weights for its first 100 updates and
+GuidedRestorationModel's. The release's EMA (ema_pytorch) also copies the weights for its first 100 updates and
 warms its decay up; here the decay is fixed (BasicSR's EMA).
 """
 from functools import partial
@@ -39,8 +39,8 @@ import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
-from vlunet.models.vlunet_model import VLUNetModel
-from vlunet.utils.daclip.irsde import IRSDE, SAMPLING_MODES
+from vlunet.models.guided_restoration_model import GuidedRestorationModel
+from vlunet.models.daclip.irsde import IRSDE, SAMPLING_MODES
 from vlunet.utils.precision import autocast
 
 SDE_KEYS = ('max_sigma', 'T', 'schedule', 'eps')
@@ -69,8 +69,8 @@ def build_sde(sde_opt: Optional[dict], device: torch.device) -> IRSDE:
 
 
 @MODEL_REGISTRY.register()
-class IRSDEModel(VLUNetModel):
-    """VLUNetModel whose net predicts IR-SDE noise and restores by sampling (see the module docstring)."""
+class IRSDEModel(GuidedRestorationModel):
+    """GuidedRestorationModel whose net predicts IR-SDE noise and restores by sampling (see the module docstring)."""
 
     def __init__(self, opt: dict):
         problems = self.check_options(opt, opt['is_train'])

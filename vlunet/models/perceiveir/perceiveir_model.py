@@ -34,7 +34,7 @@ A training step, with ``lq``/``gt`` (B, 3, H, W) from :class:`PerceiveIRRestorat
 parameters are also used by the DDP forward (the anchor), so autograd sums both paths into one
 gradient before DDP's reducer hook fires.
 
-Everything else is :class:`VLUNetModel`'s: optimisers, EMA, AMP, validation and tiling, results
+Everything else is :class:`GuidedRestorationModel`'s: optimisers, EMA, AMP, validation and tiling, results
 tables, atomic checkpoints and resume. The frozen parts never reach a checkpoint: DINO-v2 is
 excluded from ``PerceiveIR``'s state dict, and CLIP (L_clip) and VGG-16 (L_dpl) live in the losses,
 which no model saves. Only parameters with ``requires_grad`` are optimised (no per-parameter
@@ -55,9 +55,9 @@ from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
-from vlunet.losses.perceiveir_perceptual_loss import difficulty_weights
+from vlunet.losses.perceiveir.perceiveir_perceptual_loss import difficulty_weights
 from vlunet.models.perceiveir.perceiveir_difficulty_probe import DifficultyProbe, probe_problems
-from vlunet.models.vlunet_model import VLUNetModel
+from vlunet.models.guided_restoration_model import GuidedRestorationModel
 from vlunet.utils.precision import autocast
 
 DATASET_TYPE = 'PerceiveIRRestorationDataset'
@@ -91,13 +91,13 @@ def _auxiliary_problems(opt: dict) -> List[str]:
 
 
 @MODEL_REGISTRY.register()
-class PerceiveIRModel(VLUNetModel):
-    """VLUNetModel with Perceive-IR's four training losses (see the module docstring)."""
+class PerceiveIRModel(GuidedRestorationModel):
+    """GuidedRestorationModel with Perceive-IR's four training losses (see the module docstring)."""
 
     @staticmethod
     def check_options(opt: dict, is_train: bool) -> List[str]:
         """Problems of the options (:mod:`vlunet.options` reports them before a run, the model when built)."""
-        problems = VLUNetModel.check_options(opt, is_train)
+        problems = GuidedRestorationModel.check_options(opt, is_train)
         if opt.get('degradation_encoder'):
             problems.append('degradation_encoder: PerceiveIRModel is guided by its own CFE and DINO-v2; remove the key '
                             '(or set it to ~).')
@@ -142,7 +142,7 @@ class PerceiveIRModel(VLUNetModel):
     # ------------------------------------------------------------------ a training step
 
     def feed_data(self, data: dict) -> None:
-        """VLUNetModel's ``lq``/``gt``, plus the stage-2 keys of a training batch when present."""
+        """GuidedRestorationModel's ``lq``/``gt``, plus the stage-2 keys of a training batch when present."""
         super().feed_data(data)
         self.batch = {key: data[key].to(self.device) for key in BATCH_KEYS if key in data}
 

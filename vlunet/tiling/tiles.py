@@ -31,7 +31,7 @@ YAML (top level of an option file; Python: the same mapping, or ``'auto'``)::
     tile: {size: 512, overlap: 32, batch: 2}    # fixed tiles; batch: auto = as many as fit in memory
     tile: ~                           # (or absent) whole images, whatever their size
 
-``size: auto`` plans every image with the network's memory model (:mod:`vlunet.utils.memory_model`,
+``size: auto`` plans every image with the network's memory model (:mod:`vlunet.tiling.memory_model`,
 measured once per network) against ``max_memory`` (default: free GPU memory or available RAM): the
 whole image if it fits, else the largest tile (a multiple of the size multiple, at least
 ``min_size``) that fits; if not even a ``min_size`` tile fits, :class:`InsufficientMemoryError` is
@@ -47,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from vlunet.archs.padding import pad_to_multiple
-from vlunet.utils.memory_model import (MemoryModel, available_memory, cached_memory_model, format_bytes,
+from vlunet.tiling.memory_model import (MemoryModel, available_memory, cached_memory_model, format_bytes,
                                        parse_memory_size)
 
 ImageFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -335,7 +335,7 @@ def restore(fn: ImageFunction, image: torch.Tensor, tile: Tiling = None, size_mu
     """Whole-image (``tile=None``), tiled or automatically planned (:class:`AutoTile`) ``fn`` of ``image`` (B, C, H, W).
 
     ``memory_key``: identifies ``fn``'s network for the cached memory model (e.g.
-    :func:`vlunet.utils.memory_model.network_memory_key`; None measures it for every image).
+    :func:`vlunet.tiling.memory_model.network_memory_key`; None measures it for every image).
     ``on_plan``: called with the :class:`TilePlan` before any work; ``on_progress``: see :func:`restore_tiled`.
     """
     plan = plan_tiles(tile, image.shape, size_multiple, image.device,

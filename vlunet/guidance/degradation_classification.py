@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vlunet.losses.daclip_loss import DACLIPLoss
-from vlunet.losses.degradation_contrastive_loss import (CLIP_INITIAL_TEMPERATURE, CLIP_MAX_TEMPERATURE,
+from vlunet.losses.daclip.daclip_loss import DACLIPLoss
+from vlunet.losses.vlunet.degradation_contrastive_loss import (CLIP_INITIAL_TEMPERATURE, CLIP_MAX_TEMPERATURE,
                                                         DegradationContrastiveLoss, MultiPositiveContrastiveLoss,
                                                         PromptCrossEntropyLoss, cosine_logits)
 from vlunet.metrics.degradation_accuracy_metric import calculate_degradation_accuracy, similarity_matrix

@@ -9,7 +9,7 @@ Sources:
 
 Outputs (``torch.save({'params': state_dict})``, written atomically):
 
-- ``<stem>_net.pth``: the restoration network, renamed to :class:`~vlunet.archs.vlunet_arch.VLUNet`'s
+- ``<stem>_net.pth``: the restoration network, renamed to :class:`~vlunet.archs.vlunet.vlunet_arch.VLUNet`'s
   parameter names; loads with ``strict=True`` into ``VLUNet(de_dim=<detected>)``;
 - ``<stem>_clip.pth``: the degradation encoder for ``DegradationCLIP``: ``image_adapter.N.*``,
   ``text_adapter.N.*`` and, when the source carries it, the CLIP model as ``backbone.*``.

@@ -20,7 +20,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import torch
 
-from vlunet.utils.official_checkpoint import detect_de_dim, split_official_checkpoint
+from vlunet.convert.vlunet_checkpoint import detect_de_dim, split_official_checkpoint
 from vlunet.utils.safe_load import UnsafeCheckpointError, safe_torch_load
 
 RELEASE_PACKAGE_URL = 'https://drive.google.com/file/d/1214SfTO5LDMr3Ck_aVVUuZhuqhteMJ7P/view?usp=sharing'
@@ -106,7 +106,7 @@ def _compare(found: Dict[str, torch.Tensor], expected: Dict[str, torch.Size], wh
 
 
 def _vlunet_shapes(de_dim: int) -> Dict[str, torch.Size]:
-    from vlunet.archs.vlunet_arch import VLUNet
+    from vlunet.archs.vlunet.vlunet_arch import VLUNet
     with torch.device('meta'):
         return {key: value.shape for key, value in VLUNet(de_dim=de_dim).state_dict().items()}
 

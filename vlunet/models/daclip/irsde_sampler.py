@@ -1,6 +1,6 @@
 """Restoring images with an IR-SDE noise network (DA-CLIP's ``ConditionalUNet``) outside BasicSR: the Restorer's part.
 
-:class:`IRSDERestoration` runs :meth:`~vlunet.utils.daclip.irsde.IRSDE.sample` on an image with
+:class:`IRSDERestoration` runs :meth:`~vlunet.models.daclip.irsde.IRSDE.sample` on an image with
 
 - **contexts computed once per image**: the DA-CLIP embeddings (``text_context``, ``image_context``,
   each (B, D)) are given by the caller, encoded from the whole LQ image, and reused by every step
@@ -16,7 +16,7 @@
 - **bounded memory on large images: per-step tiling of the network, one noise field**. The SDE state
   and every noise draw cover the whole image (one generator, whole-image tensors of 3·H·W values);
   only each step's noise prediction is computed by ``apply`` (the Restorer's
-  :func:`vlunet.utils.tiling.restore` with its ``tile`` setting: whole, fixed tiles, or ``auto``,
+  :func:`vlunet.tiling.tiles.restore` with its ``tile`` setting: whole, fixed tiles, or ``auto``,
   the largest tiles that fit the memory, planned once per image and kept for every step, so the
   result does not depend on the memory free at each step) on overlapping tiles of ``[x_t, μ]``,
   blended. So the network's memory is that of one tile whatever the image size, and tiles never
@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
-from vlunet.utils.daclip.irsde import IRSDE, SAMPLING_MODES
-from vlunet.utils.tiling import ImageFunction, repeat_per_tile, restore
+from vlunet.models.daclip.irsde import IRSDE, SAMPLING_MODES
+from vlunet.tiling.tiles import ImageFunction, repeat_per_tile, restore
 
 SCHEDULE_KEYS = ('max_sigma', 'T', 'schedule', 'eps')  # IRSDE's settings in an option file's ``sde`` block
 SDE_OPTION_KEYS = (*SCHEDULE_KEYS, 'sampling_mode', 'seed')
@@ -112,7 +112,7 @@ class IRSDERestoration:
     def step_network(self, net: nn.Module, contexts: Dict[str, torch.Tensor], time: float) -> ImageFunction:
         """``net`` at diffusion time ``time``: stacked ``[x_t, μ]`` (N, 2C, h, w) -> predicted noise (N, C, h, w).
 
-        ``contexts`` (B, D) are repeated for N = k · B stacked tiles (:func:`~vlunet.utils.tiling.repeat_per_tile`).
+        ``contexts`` (B, D) are repeated for N = k · B stacked tiles (:func:`~vlunet.tiling.tiles.repeat_per_tile`).
         """
         def network(pairs: torch.Tensor) -> torch.Tensor:
             channels = pairs.shape[1] // 2
@@ -123,7 +123,7 @@ class IRSDERestoration:
     def memory_probe(self, net: nn.Module, contexts: Dict[str, torch.Tensor],
                      images: torch.Tensor) -> Tuple[ImageFunction, torch.Tensor]:
         """(:meth:`step_network` at the first step, its ``[x_T, μ]`` input (B, 2C, H, W) for ``images``): what one
-        sampling step runs, for measuring the network's memory (:mod:`vlunet.utils.memory_model`)."""
+        sampling step runs, for measuring the network's memory (:mod:`vlunet.tiling.memory_model`)."""
         return self.step_network(net, contexts, self.steps * self.time_scale), torch.cat([images, images], dim=1)
 
     def restore(self, net: nn.Module, images: torch.Tensor, contexts: Dict[str, torch.Tensor],
@@ -134,7 +134,7 @@ class IRSDERestoration:
         ``contexts``: ``net``'s keyword arguments (``text_context``/``image_context`` (B, D)), empty
         for a network without contexts. ``apply(fn, pairs)``: how each step runs :meth:`step_network`
         on the whole-image ``[x_t, μ]`` (B, 2C, H, W): whole (the default) or in tiles (the Restorer's
-        :func:`vlunet.utils.tiling.restore` with its tile settings). ``progress``: a bar over the steps.
+        :func:`vlunet.tiling.tiles.restore` with its tile settings). ``progress``: a bar over the steps.
         """
         def predicted_noise(state: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
             time = float(steps[0]) * self.time_scale  # every image is at the same step

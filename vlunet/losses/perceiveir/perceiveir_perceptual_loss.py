@@ -43,7 +43,7 @@ import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
-from vlunet.utils.perceiveir.vgg16_features import VGG16Features
+from vlunet.archs.perceiveir.vgg16_features import VGG16Features
 
 PAPER_LAYER_WEIGHTS = {'relu1_2': 1 / 12, 'relu2_2': 1 / 6, 'relu3_1': 1 / 3, 'relu3_3': 1.0}
 PAPER_EASY_WEIGHT = 2.0  # λ

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
-from vlunet.losses.daclip_loss import gather_with_local_gradients
+from vlunet.losses.daclip.daclip_loss import gather_with_local_gradients
 
 RELEASE_TEMPERATURE = 0.1
 

@@ -4,7 +4,7 @@ The network unrolls 8 non-shared iterations of a proximal gradient method over a
 (paper Sec. 3, Eqs. 7-13). Two feature branches run side by side:
 
 - the *estimate* branch x: every stage is a degradation-guided gradient step (D-GDM,
-  :mod:`vlunet.archs.gradient_step`) followed by the proximal mapping module (PMM, Restormer
+  :mod:`vlunet.archs.vlunet.gradient_step`) followed by the proximal mapping module (PMM, Restormer
   blocks, :mod:`vlunet.archs.restormer_blocks`);
 - the *degraded-input* branch y: a feed-forward chain of convolutions and down/up samplers of the
   input image only, giving each stage the observation term of its gradient step.
@@ -24,7 +24,7 @@ Differences from the official code, none of which change the output for its vali
 - 1x1 convolutions run as matrix products on the channels-last activations; the other 4-D weights
   are stored channels-last, like the activations (same values and state-dict keys);
 - parameter names say what things are. Official state dicts are renamed by
-  :mod:`vlunet.utils.official_checkpoint` (``prompt_param`` -> ``degradation_keys``, ``r`` ->
+  :mod:`vlunet.convert.vlunet_checkpoint` (``prompt_param`` -> ``degradation_keys``, ``r`` ->
   ``step_size``, ``phi``/``phit`` -> ``degradation_operator``/``adjoint_operator``, ``linear`` ->
   ``key_logits``, ``gradient_descent`` -> ``gradient_step``, ``denoiser.blocks`` ->
   ``proximal_mapping``, ``*_i``/``*_img`` -> ``degraded_*``, ...); shapes are unchanged. Loading a
@@ -36,7 +36,7 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from vlunet.archs.gradient_step import DegradationGuidedGradientStep
+from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
 from vlunet.archs.padding import crop_to, pad_to_multiple
 from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample, pointwise, store_weights_channels_last
 from vlunet.archs.state_dict_mismatch import state_dict_mismatch_message

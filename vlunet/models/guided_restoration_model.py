@@ -15,7 +15,7 @@ get ``degradation=`` whenever there is an encoder, as above.
 
 The encoder lives outside ``net_g``: it is never optimised, never in the EMA copy, never written to
 checkpoints, and its weights (``path.pretrain_network_degradation_encoder``) are re-read from the
-same file on resume (see :mod:`vlunet.models.degradation_encoder`).
+same file on resume (see :mod:`vlunet.guidance.degradation_encoder`).
 
 Beyond SRModel:
 
@@ -26,7 +26,7 @@ Beyond SRModel:
   with a GradScaler whose state is kept in the training state for resume) and ``compile: true``
   (``torch.compile`` of the training forward), both off by default (:mod:`vlunet.utils.precision`);
 - validation/testing with optional tiling (top-level ``tile: auto`` or ``{size, overlap, batch}``, see
-  :mod:`vlunet.utils.tiling`; d is computed once from the whole image and passed to every tile),
+  :mod:`vlunet.tiling.tiles`; d is computed once from the whole image and passed to every tile),
   BasicSR uint8 metrics and float-RGB metrics (:mod:`vlunet.metrics.restoration_metric`), dataset-level
   metrics such as FID (one value per set, :mod:`vlunet.metrics.dataset_level`), images
   sharded across ranks with summed metrics in distributed runs, and, when testing, a per-dataset
@@ -34,7 +34,7 @@ Beyond SRModel:
   (logged once, after the last);
 - several validation sets (BasicSR's "only supported by SRModel" warning is dropped), and BasicSR's
   final validation after the loop labelled ``total_iter`` and skipped when that iteration was already
-  validated (:mod:`vlunet.models.validation_record`).
+  validated (:mod:`vlunet.utils.validation_record`).
 """
 from collections import OrderedDict
 from functools import partial
@@ -53,14 +53,14 @@ from tqdm import tqdm
 
 from vlunet.metrics.dataset_level import DatasetMetric, build_dataset_metrics, dataset_metric_values
 from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
-from vlunet.models.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder, guidance_inputs, guidance_keywords
-from vlunet.models.validation_record import ValidationRecord
+from vlunet.guidance.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder, guidance_inputs, guidance_keywords
+from vlunet.utils.validation_record import ValidationRecord
 from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
 from vlunet.utils.console_log import drop_messages
 from vlunet.utils.precision import autocast, compile_network, make_grad_scaler, parse_amp_options
 from vlunet.utils.results_table import format_markdown, write_results_table
-from vlunet.utils.memory_model import network_memory_key
-from vlunet.utils.tiling import TilePlan, parse_tile_options, restore, tile_problems
+from vlunet.tiling.memory_model import network_memory_key
+from vlunet.tiling.tiles import TilePlan, parse_tile_options, restore, tile_problems
 
 OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
 MULTIPLE_VALIDATION_WARNING = 'Multiple validation datasets are *only* supported by SRModel.'  # BasicSR's
@@ -80,7 +80,7 @@ def _float_rgb(image: torch.Tensor) -> np.ndarray:
 
 
 @MODEL_REGISTRY.register()
-class VLUNetModel(SRModel):
+class GuidedRestorationModel(SRModel):
     """SRModel whose ``net_g`` is guided by a frozen degradation encoder (see the module docstring)."""
 
     @staticmethod
@@ -143,7 +143,7 @@ class VLUNetModel(SRModel):
 
     def _guidance_inputs(self) -> Tuple[str, ...]:
         """net_g's guidance keywords, checked against the encoder
-        (:func:`~vlunet.models.degradation_encoder.guidance_inputs`)."""
+        (:func:`~vlunet.guidance.degradation_encoder.guidance_inputs`)."""
         net = self.get_bare_model(self.net_g)
         declared = guidance_inputs(net, self.degradation_encoder)
         if not declared and self.degradation_encoder is not None:
@@ -349,3 +349,8 @@ class VLUNetModel(SRModel):
         super().resume_training(resume_state)
         if self.grad_scaler is not None and 'grad_scaler' in resume_state:
             self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
+
+
+@MODEL_REGISTRY.register()
+class VLUNetModel(GuidedRestorationModel):
+    """``model_type: VLUNetModel``: the name VLU-Net's option files and earlier releases use for this model."""

@@ -1,1 +1,0 @@
-"""DA-CLIP helpers: official checkpoint conversion and the IR-SDE schedule/sampler."""

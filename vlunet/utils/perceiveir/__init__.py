@@ -1,1 +1,0 @@
-"""Perceive-IR helpers: the frozen VGG-16 feature extractor of the difficulty-adaptive perceptual loss."""
