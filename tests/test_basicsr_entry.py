@@ -20,7 +20,7 @@ import sysconfig
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, smooth_image, write_image
+from helpers import REPO_ROOT, smooth_image, write_image
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONHASHSEED='0')
 HOOK_PTH = 'vlunet_basicsr_hook.pth'

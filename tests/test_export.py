@@ -5,6 +5,8 @@ import os.path as osp
 import pytest
 import torch
 
+from helpers import REPO_ROOT
+
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.utils.atomic_write import atomic_torch_save
@@ -14,7 +16,7 @@ TINY = dict(de_dim=3, dim=10, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, 
             gradient_step_heads=1, key_size=8)
 # batch 1 and 2; sides that are and are not multiples of 8, and the smallest exportable side
 SIZES = [(1, 40, 48), (2, 19, 77), (1, 9, 9), (1, 64, 33)]
-EXPORT_SCRIPT = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'scripts', 'export.py')
+EXPORT_SCRIPT = osp.join(REPO_ROOT, 'scripts', 'export.py')
 
 
 def export_script():

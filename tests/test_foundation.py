@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, run_entry, smooth_image, write_image
+from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from vlunet import compat

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import load_script, smooth_image, write_image
+from helpers import load_script, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from basicsr.archs import build_network

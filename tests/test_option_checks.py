@@ -11,7 +11,7 @@ import os.path as osp
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, run_entry, smooth_image, write_image
+from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from basicsr.utils import get_root_logger

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, smooth_image, write_image
+from helpers import REPO_ROOT, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from basicsr.archs import build_network

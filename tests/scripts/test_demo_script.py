@@ -1,0 +1,48 @@
+"""scripts/demo.py: its CPU thread count on a busy machine and progress from the first iterations."""
+import importlib.util
+import os
+import os.path as osp
+
+import pytest
+
+from helpers import REPO_ROOT
+from vlunet.options import load_option_file
+
+
+@pytest.fixture(scope='module')
+def demo():
+    spec = importlib.util.spec_from_file_location('demo_script', osp.join(REPO_ROOT, 'scripts', 'demo.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('cpus, load, threads', [
+    (2, 0.1, 2), (2, 0.6, 1), (2, 1.2, 1), (2, 9.0, 1),  # one busy core already costs a thread
+    (16, 3.0, 13), (4, 1.5, 3), (1, 0.0, 1), (8, 0.0, 8),
+])
+def test_threads_are_the_idle_cpus(demo, cpus, load, threads):
+    assert demo.choose_threads(cpus, load) == threads
+
+
+def test_thread_count_from_the_environment_or_the_load(demo, monkeypatch):
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    assert demo.demo_threads() == (3, 'from OMP_NUM_THREADS')
+    monkeypatch.delenv('OMP_NUM_THREADS')
+    monkeypatch.setattr(os, 'getloadavg', lambda: (1.3, 0.0, 0.0))
+    threads, reason = demo.demo_threads()
+    cpus = len(os.sched_getaffinity(0))
+    assert threads == demo.choose_threads(cpus, 1.3) and f'{cpus} CPU(s) usable, 1-minute load average 1.30' in reason
+
+
+def test_every_step_runs_with_the_chosen_threads(demo):
+    check = 'import os, sys; sys.exit(0 if os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "{}" else 3)'
+    demo.run_step('threads', ['-c', check.format(1)], threads=1)
+    with pytest.raises(SystemExit, match='step "threads" failed'):
+        demo.run_step('threads', ['-c', check.format(2)], threads=1)
+
+
+def test_demo_training_logs_progress_within_its_first_ten_iterations():
+    for name in ('train_clip_demo.yml', 'train_demo.yml'):
+        opt = load_option_file(osp.join(REPO_ROOT, 'options', 'demo', name))
+        assert opt['logger']['print_freq'] <= 10 < opt['train']['total_iter'], name
