@@ -12,7 +12,7 @@ near uniform, so the loss stays near 2/3 with a gentle gradient); CLIP's 100 wou
 release's stage-1 training (``train.logit_scale`` of :class:`QualityPromptModel`).
 
 - ``prompts_path``: the stage-1 output ``experiments/<name>/models/net_prompts_<iter>.pth`` of a
-  :class:`QualityPromptModel` run (``options/train_perceiveir_prompts.yml``): ``{'params':
+  :class:`QualityPromptModel` run (``options/perceiveir/train_perceiveir_prompts.yml``): ``{'params':
   {'prompt_vectors': (K, N, width)}, 'words', 'num_vectors', 'backbone', 'logit_scale'}``.
 - ``clip_backbone`` / ``clip_pretrained``: the CLIP model the prompts were learned with (as
   :class:`QualityPrompts`: an open_clip name or config JSON; ``None`` = random weights (tests only),
@@ -38,7 +38,7 @@ from vlunet.archs.perceiveir.perceiveir_prompts_arch import PROMPT_KEY, QualityP
 from vlunet.utils.safe_load import safe_torch_load
 
 PROMPTS_FILE_HELP = ('the stage-1 prompts file experiments/<name>/models/net_prompts_<iter>.pth written by '
-                     'vlunet/train.py -opt options/train_perceiveir_prompts.yml (QualityPromptModel)')
+                     'vlunet/train.py -opt options/perceiveir/train_perceiveir_prompts.yml (QualityPromptModel)')
 
 
 def read_prompts_file(path: Optional[str]) -> dict:

@@ -1,6 +1,6 @@
 """Training DA-CLIP's controller (ICLR 2024, seed-systems §1.4-§1.7) through BasicSR.
 
-Option file (see ``options/train_daclip.yml``)::
+Option file (see ``options/daclip/train_daclip.yml``)::
 
     model_type: DACLIPModel
     network_clip: {type: DACLIP, backbone: ViT-B-32, pretrained: laion2b_s34b_b79k}

@@ -1,6 +1,6 @@
 """Perceive-IR stage 1: learning the three quality prompts on (degraded, medium, gt) triplets (paper Eq. 1).
 
-Option file (see ``options/train_perceiveir_prompts.yml``)::
+Option file (see ``options/perceiveir/train_perceiveir_prompts.yml``)::
 
     model_type: QualityPromptModel
     network_prompts: {type: QualityPrompts, backbone: ViT-B-32-quickgelu, pretrained: openai}
