@@ -49,7 +49,7 @@ from vlunet.guidance.degradation_classification import (SCORER_KEY, Classificati
                                                       format_accuracy_table, parse_prompts, scorer_of_loss,
                                                       write_heatmap)
 from vlunet.utils.validation_record import ValidationRecord
-from vlunet.models.guided_restoration_model import MULTIPLE_VALIDATION_WARNING, GuidedRestorationModel, optimizer_problems
+from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
 from vlunet.utils.atomic_write import atomic_torch_save
 from vlunet.utils.console_log import drop_messages
 from vlunet.convert.vlunet_checkpoint import load_official_file
@@ -61,12 +61,8 @@ OPTIMIZER_KEY = 'optim_clip'
 
 
 @MODEL_REGISTRY.register()
-class CLIPFinetuneModel(BaseModel):
+class CLIPFinetuneModel(TrainingStateMixin, BaseModel):
     """Trains DegradationCLIP's adapters with a degradation contrastive loss (see the module docstring)."""
-
-    get_optimizer = GuidedRestorationModel.get_optimizer  # Adam, AdamW, SGD
-    save_training_state = GuidedRestorationModel.save_training_state  # atomic, optimisers + schedulers only
-    grad_scaler = None  # the adapters train in fp32: no GradScaler state to save
 
     @staticmethod
     def check_options(opt: dict, is_train: bool) -> List[str]:

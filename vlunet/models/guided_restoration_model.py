@@ -54,6 +54,7 @@ from tqdm import tqdm
 from vlunet.metrics.dataset_level import DatasetMetric, build_dataset_metrics, dataset_metric_values
 from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
 from vlunet.guidance.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder, guidance_inputs, guidance_keywords
+from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
 from vlunet.utils.validation_record import ValidationRecord
 from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
 from vlunet.utils.console_log import drop_messages
@@ -62,25 +63,13 @@ from vlunet.utils.results_table import format_markdown, write_results_table
 from vlunet.tiling.memory_model import network_memory_key
 from vlunet.tiling.tiles import TilePlan, parse_tile_options, restore, tile_problems
 
-OPTIMIZERS = {'Adam': torch.optim.Adam, 'AdamW': torch.optim.AdamW, 'SGD': torch.optim.SGD}
-MULTIPLE_VALIDATION_WARNING = 'Multiple validation datasets are *only* supported by SRModel.'  # BasicSR's
-
-
-def optimizer_problems(key: str, section: object) -> List[str]:
-    """Problems of an optimizer option (e.g. ``train.optim_g``): a mapping with a supported ``type`` and ``lr``."""
-    if not isinstance(section, dict) or section.get('type') not in OPTIMIZERS:
-        kind = section.get('type') if isinstance(section, dict) else section
-        return [f'{key}.type: {kind!r}; supported optimizers: {", ".join(OPTIMIZERS)} (e.g. {{type: Adam, lr: 1e-4}}).']
-    return [] if 'lr' in section else [f'{key}.lr: missing (the learning rate).']
-
-
 def _float_rgb(image: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) or (3, H, W) tensor -> float32 (H, W, 3) RGB array (clipping is the metric's job)."""
     return image.detach().reshape(-1, *image.shape[-2:]).permute(1, 2, 0).float().cpu().numpy()
 
 
 @MODEL_REGISTRY.register()
-class GuidedRestorationModel(SRModel):
+class GuidedRestorationModel(TrainingStateMixin, SRModel):
     """SRModel whose ``net_g`` is guided by a frozen degradation encoder (see the module docstring)."""
 
     @staticmethod
@@ -128,11 +117,6 @@ class GuidedRestorationModel(SRModel):
             logger.info(f'Mixed precision: {self.amp.dtype} autocast' + (', GradScaler' if self.grad_scaler else ''))
 
     # ------------------------------------------------------------------ optimisation
-
-    def get_optimizer(self, optim_type: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
-        if optim_type not in OPTIMIZERS:
-            raise ValueError(f'train.optim_g.type: unknown optimizer {optim_type!r}; supported: {", ".join(OPTIMIZERS)}.')
-        return OPTIMIZERS[optim_type](params, lr=lr, **kwargs)
 
     def setup_optimizers(self) -> None:
         """SRModel's, without its warning for each frozen parameter (VLUNet's unused official quirk)."""
@@ -332,23 +316,6 @@ class GuidedRestorationModel(SRModel):
         }
         label = 'latest' if current_iter == -1 else current_iter
         atomic_torch_save(checkpoint, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
-
-    @master_only
-    def save_training_state(self, epoch: int, current_iter: int) -> None:
-        """BasicSR's resume state (epoch, iter, optimizer and scheduler states, plus the GradScaler's), atomically."""
-        if current_iter == -1:
-            return
-        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
-                 'schedulers': [s.state_dict() for s in self.schedulers]}
-        if self.grad_scaler is not None:
-            state['grad_scaler'] = self.grad_scaler.state_dict()
-        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
-
-    def resume_training(self, resume_state: dict) -> None:
-        """BasicSR's optimizer/scheduler restore, plus the GradScaler's loss scale when fp16 AMP is on."""
-        super().resume_training(resume_state)
-        if self.grad_scaler is not None and 'grad_scaler' in resume_state:
-            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
 
 
 @MODEL_REGISTRY.register()

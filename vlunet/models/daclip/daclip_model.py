@@ -38,7 +38,7 @@ and overall, similarity heat-map, before training (iteration 0) and at every val
 """
 import math
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 from basicsr.utils import get_root_logger
@@ -172,9 +172,3 @@ class DACLIPModel(CLIPFinetuneModel):
                               logit_scale_exp=self.clip.logit_scale.exp().detach(),
                               batch_accuracy=(predicted == self.labels).float().mean() * 100)
         self.log_dict = self.reduce_loss_dict(log)
-
-    def resume_training(self, resume_state: Dict) -> None:
-        """Optimiser and scheduler states, plus the GradScaler's loss scale with fp16 AMP."""
-        super().resume_training(resume_state)
-        if self.grad_scaler is not None and 'grad_scaler' in resume_state:
-            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])

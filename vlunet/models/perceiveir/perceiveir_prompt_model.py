@@ -45,7 +45,7 @@ from torch import distributed, nn
 
 from vlunet.metrics.degradation_accuracy_metric import calculate_degradation_accuracy, similarity_matrix
 from vlunet.utils.validation_record import ValidationRecord
-from vlunet.models.guided_restoration_model import MULTIPLE_VALIDATION_WARNING, GuidedRestorationModel, optimizer_problems
+from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
 from vlunet.utils.atomic_write import atomic_torch_save
 from vlunet.utils.console_log import drop_messages
 from vlunet.utils.safe_load import safe_torch_load
@@ -70,12 +70,8 @@ def quality_labels(batch: int, device: torch.device) -> torch.Tensor:
 
 
 @MODEL_REGISTRY.register()
-class QualityPromptModel(BaseModel):
+class QualityPromptModel(TrainingStateMixin, BaseModel):
     """Trains :class:`vlunet.archs.perceiveir.perceiveir_prompts_arch.QualityPrompts` with Eq. 1 (see the module docstring)."""
-
-    get_optimizer = GuidedRestorationModel.get_optimizer  # Adam, AdamW, SGD
-    save_training_state = GuidedRestorationModel.save_training_state  # atomic, optimisers + schedulers only
-    grad_scaler = None  # fp32: no GradScaler state to save
 
     @staticmethod
     def check_options(opt: dict, is_train: bool) -> List[str]:
