@@ -76,6 +76,7 @@ setup(
         'console_scripts': [
             'vlunet-train = vlunet.train:main',
             'vlunet-test = vlunet.test:main',
+            'vlunet-compare = vlunet.compare.cli:main',
         ],
     },
 )

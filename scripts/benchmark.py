@@ -57,6 +57,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from model_stats import count_macs, network_options
 from vlunet.options import OptionError
 from vlunet.utils.official_checkpoint import plugin_to_official_state_dict
+from vlunet.utils.peak_memory import reset_peak_rss, rss_bytes
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import freed_memory_kept, keep_freed_memory_in_entry_point
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
@@ -225,27 +226,6 @@ def time_alternating(jobs: Dict[str, Job], repeats: int, warmup: int, device: to
                    'first_s': first[name], 'runs': len(values)} for name, values in times.items()}
 
 
-def _rss_bytes(field: str) -> Optional[int]:
-    try:
-        with open('/proc/self/status', encoding='ascii') as status:
-            for line in status:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark to the current RSS (Linux); False where unsupported."""
-    try:
-        with open('/proc/self/clear_refs', 'w', encoding='ascii') as clear_refs:
-            clear_refs.write('5')
-        return True
-    except OSError:
-        return False
-
-
 def _build_memory_job(task: dict) -> Job:
     device = torch.device(task['device'])
     amp = AmpOptions(task['precision'] != 'fp32', DTYPES.get(task['precision'], torch.float32))
@@ -292,12 +272,12 @@ def peak_memory(job: Job, device: torch.device) -> dict:
         synchronize(device)
         return {'extra_bytes': torch.cuda.max_memory_allocated(device) - before,
                 'seconds': time.perf_counter() - start}
-    resettable = _reset_peak_rss()
-    before = _rss_bytes('VmRSS')
+    resettable = reset_peak_rss()
+    before = rss_bytes('VmRSS')
     start = time.perf_counter()
     job()
     seconds = time.perf_counter() - start
-    peak = _rss_bytes('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = rss_bytes('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if before is None:
         return {'extra_bytes': None, 'peak_bytes': peak, 'seconds': seconds}
     # The kernel's RSS counters are cached per thread and may lag by a few pages: never report < 0.
