@@ -67,8 +67,9 @@ setup(
         'safetensors',   # local .safetensors weight files (already a dependency of timm)
     ],
     extras_require={
-        # the export tests run the ONNX path too; the metric packages are small (54 KB + 86 KB wheels)
-        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity'],
+        # the export tests run the ONNX path too; the metric packages are small (54 KB + 86 KB wheels); selenium drives
+        # the system's Chromium in the comparison report's browser test (skipped without it)
+        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity', 'selenium'],
         'export': ['onnx', 'onnxscript', 'onnxruntime'],  # ONNX export (vlunet/utils/export.py, scripts/export.py)
         'metrics': ['lpips', 'torch-fidelity'],  # calculate_lpips, calculate_fid (vlunet/metrics)
     },

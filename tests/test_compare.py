@@ -188,3 +188,20 @@ def test_the_script_runs(workspace, tmp_path):
     result = subprocess.run([sys.executable, osp.join(REPO_ROOT, 'scripts', 'compare.py'), '--help'],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and 'NAME=OPTION_FILE.yml' in result.stdout
+
+
+def test_ir_sde_reports_its_steps_and_macs_per_step(workspace, tmp_path):
+    unet = {'type': 'ConditionalUNet', 'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16,
+            'use_degra_context': False, 'use_image_context': False}
+    torch.save({'params': build_network(dict(unet)).state_dict()}, str(tmp_path / 'unet.pth'))
+    option_file = tmp_path / 'irsde.yml'
+    option_file.write_text(yaml.safe_dump({'name': 'irsde', 'model_type': 'IRSDEModel', 'num_gpu': 0,
+                                           'network_g': unet, 'sde': {'T': 4, 'seed': 0},
+                                           'path': {'pretrain_network_g': str(tmp_path / 'unet.pth')}}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workspace['root'])
+        assert cli.main(['-m', f'IR-SDE={option_file}', '-opt', workspace['plain'], '--steps', '2', '-o',
+                         str(tmp_path / 'out'), '--no-progress']) == 0
+    method = json.loads((tmp_path / 'out' / 'comparison.json').read_text())['methods'][0]
+    assert method['steps'] == 2 and method['gmacs_256'] > 0 and method['restored'] == 4
+    assert '| IR-SDE | ' in (tmp_path / 'out' / 'comparison.md').read_text()

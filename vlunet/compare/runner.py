@@ -56,10 +56,15 @@ class Comparison(NamedTuple):
     records: Dict[str, Dict[str, Dict[str, dict]]]
 
 
+MESSAGE_LENGTH = 300
+
+
 def one_line(error: BaseException) -> str:
-    """``error`` as one line: its message's first line (its type when it has none)."""
-    message = str(error).strip().splitlines()
-    return message[0] if message else type(error).__name__
+    """``error``'s message on one line (its lines joined, at most :data:`MESSAGE_LENGTH` characters; its type when
+    it has none)."""
+    message = ' '.join(str(error).split()) or type(error).__name__
+    return message if len(message) <= MESSAGE_LENGTH else message[:MESSAGE_LENGTH - 1] + '…'
+
 
 
 def input_path(set_name: str, image: str) -> str:
