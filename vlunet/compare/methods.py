@@ -15,6 +15,7 @@ import re
 from typing import NamedTuple, Optional
 
 import torch
+from basicsr.utils import set_random_seed
 
 from vlunet.inference import Restorer
 from vlunet.options import load_option_file
@@ -93,8 +94,15 @@ def _configured_network(spec: MethodSpec) -> Optional[dict]:
 
 def build_restorer(spec: MethodSpec, device: Optional[str] = None, steps: Optional[int] = None,
                    seed: Optional[int] = None) -> Restorer:
-    """The :class:`~vlunet.inference.Restorer` of ``spec`` (``steps`` / ``seed``: applied to IR-SDE networks only)."""
+    """The :class:`~vlunet.inference.Restorer` of ``spec`` (``steps`` / ``seed``: applied to IR-SDE networks only).
+
+    An option file's ``manual_seed`` seeds the random generators first, as ``vlunet/test.py`` does before it builds
+    the model, so parts without weight files (e.g. a demo's random CLIP backbone) are the ones its test run builds.
+    """
     network = _configured_network(spec)
+    seed_of_test_run = load_option_file(spec.option_file).get('manual_seed') if spec.option_file else None
+    if isinstance(seed_of_test_run, int):
+        set_random_seed(seed_of_test_run)
     settings = {key: value for key, value in (('device', device), ('net_weights', spec.weights)) if value}
     if (network or {}).get('type') == 'ConditionalUNet':
         settings.update({key: value for key, value in (('sde_steps', steps), ('seed', seed)) if value is not None})
