@@ -205,3 +205,15 @@ def test_ir_sde_reports_its_steps_and_macs_per_step(workspace, tmp_path):
     method = json.loads((tmp_path / 'out' / 'comparison.json').read_text())['methods'][0]
     assert method['steps'] == 2 and method['gmacs_256'] > 0 and method['restored'] == 4
     assert '| IR-SDE | ' in (tmp_path / 'out' / 'comparison.md').read_text()
+
+
+def test_photos_without_ground_truth(workspace, tmp_path):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workspace['root'])
+        assert cli.main(['-m', f'Plain={workspace["plain"]}', '--photos', 'data/clean', '-o', str(tmp_path),
+                         '--no-progress', '--panel-width', '32', '--zoom', '0,0,8,8']) == 0
+    summary = json.loads((tmp_path / 'comparison.json').read_text())
+    assert summary['metrics'] == {} and summary['methods'][0]['restored'] == 2
+    grid = Image.open(tmp_path / 'grids' / 'clean' / 'clean0.png')
+    assert grid.size[0] == 2 * (32 + GAP) + GAP  # input and the method, no ground truth
+    assert 'type="range"' in (tmp_path / 'index.html').read_text()

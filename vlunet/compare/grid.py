@@ -169,7 +169,7 @@ def image_panels(comparison: Comparison, set_name: str, image: str) -> List[Pane
             panels.append(Panel(run.spec.name, ('failed:', record.get('error') or ''), None))
             continue
         value = record.get('metrics', {}).get(psnr) if psnr else None
-        panels.append(Panel(run.spec.name, (f'detected: {record.get("degradation") or "-"}',
+        panels.append(Panel(run.spec.name, (f'detected: {record.get("degradation") or "- (no encoder)"}',
                                             f'{psnr} {value:.2f} dB' if value is not None else ''),
                             _rgb(osp.join(comparison.output, record['output']))))
     if gt is not None:
