@@ -20,8 +20,10 @@ TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 3, 'dim': 16, 'num_blocks': [1, 1, 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}
 METRICS = {'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
            'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': True},
-           'psnr_float': {'type': 'calculate_psnr_float_rgb'}, 'ssim_float': {'type': 'calculate_ssim_float_rgb'}}
-SIZE = 24
+           'psnr_float': {'type': 'calculate_psnr_float_rgb'}, 'ssim_float': {'type': 'calculate_ssim_float_rgb'},
+           'lpips': {'type': 'calculate_lpips', 'backbone_weights': 'random', 'device': 'cpu'},
+           'fid': {'type': 'calculate_fid', 'inception_weights': 'random', 'dims': 64, 'device': 'cpu'}}
+SIZE = 48  # LPIPS (AlexNet) needs at least about 40 pixels
 
 
 def _option_file(root, name: str, weights: str, encoder: dict = None) -> str:
@@ -71,7 +73,7 @@ def compared(workspace):
         patch.chdir(root)
         status = cli.main(['-m', f'VLU-Net guided={workspace["guided"]}', '-m', f'Plain={workspace["plain"]}',
                            '-m', f'Broken={workspace["broken"]}', '-o', str(root / 'out'), '--no-progress',
-                           '--panel-width', '64'])
+                           '--panel-width', '64', '--zoom', '0,0,12,12'])  # the zoom outline away from the pixel below
     return status, root / 'out'
 
 
@@ -127,10 +129,11 @@ def test_the_grid_has_input_each_method_and_ground_truth_in_order(compared):
     inputs = np.asarray(Image.open(out / 'inputs' / 'noisy' / 'clean0.png'))
     gt = np.asarray(Image.open(out / 'gt' / 'noisy' / 'clean0.png'))
     plain = np.asarray(Image.open(out / 'methods' / 'Plain' / 'noisy' / 'clean0.png'))
-    row, column = SIZE - 2, SIZE + 8 - 3  # a pixel of the lower right corner, away from the zoom outline
+    y, x = panel_height - 3, 60  # a pixel of each panel's lower right corner; nearest-neighbour source pixel:
+    row, column = y * SIZE // panel_height, x * (SIZE + 8) // 64
 
     def panel_pixel(index):
-        return grid[GAP + row * panel_height // SIZE, GAP + index * (64 + GAP) + column * 64 // (SIZE + 8)]
+        return grid[GAP + y, GAP + index * (64 + GAP) + x]
 
     for index, image in ((0, inputs), (2, plain), (4, gt)):
         assert np.abs(panel_pixel(index).astype(int) - image[row, column]).max() <= 1
@@ -180,6 +183,14 @@ def test_method_specs_and_bad_arguments(workspace, tmp_path, capsys):
     assert 'given twice' in capsys.readouterr().err
     assert cli.main(['-m', f'A={workspace["plain"]}', '--photos', str(tmp_path / 'none')]) == 2
     assert 'no such folder' in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as patch:  # --lpips without its weights: one line before any work
+        patch.chdir(workspace['root'])
+        patch.setenv('TORCH_HOME', str(tmp_path / 'empty_cache'))
+        assert cli.main(['-m', f'A={workspace["plain"]}', '--lq', 'data/pairs/lq', '--gt', 'data/pairs/gt',
+                         '--lpips', '-o', str(tmp_path / 'o')]) == 2
+    error = capsys.readouterr().err
+    assert 'metric lpips: calculate_lpips.backbone_weights' in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / 'o').exists()
 
 
 def test_the_script_runs(workspace, tmp_path):

@@ -41,6 +41,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--gt', help='folder of ground-truth images for --lq')
     parser.add_argument('-o', '--output', default=osp.join('results', 'compare'),
                         help='output folder (default results/compare)')
+    parser.add_argument('--lpips', action='store_true', help='add LPIPS (AlexNet) to the metrics (the metrics extra '
+                                                             "and torchvision's AlexNet weights in the hub cache)")
+    parser.add_argument('--fid', action='store_true', help='add FID per test set to the metrics (the metrics extra and '
+                                                           "torch-fidelity's Inception weights in the hub cache)")
     parser.add_argument('--device', help="cpu, cuda, cuda:N or auto (default: each method's option file)")
     parser.add_argument('--steps', type=int, help='IR-SDE sampling steps (default: sde.T of the option file)')
     parser.add_argument('--seed', type=int, help='IR-SDE noise seed (default: sde.seed of the option file, 0)')
@@ -59,17 +63,27 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def _inputs(args: argparse.Namespace, methods):
-    """(test sets, metrics) of the arguments."""
-    from vlunet.compare.inputs import folder_metrics, option_file_sets, paired_folder_set, photo_folder_set
-    if args.lq:
-        return [paired_folder_set(args.lq, args.gt)], folder_metrics()
+    """(test sets, metrics) of the arguments (``--lpips`` / ``--fid`` added, checked before any work)."""
+    from vlunet.compare.inputs import (FID_METRIC, LPIPS_METRIC, folder_metrics, metric_problem, option_file_sets,
+                                       paired_folder_set, photo_folder_set)
     if args.photos:
         return [photo_folder_set(args.photos)], {}
-    option_file = args.opt or methods[0].option_file
-    if not option_file:
-        raise ValueError('no test images: give -opt TEST_OPTION_FILE, --lq DIR --gt DIR or --photos DIR '
-                         '(or make the first method an option file with datasets).')
-    return option_file_sets(option_file)
+    if args.lq:
+        sets, metrics = [paired_folder_set(args.lq, args.gt)], folder_metrics()
+    else:
+        option_file = args.opt or methods[0].option_file
+        if not option_file:
+            raise ValueError('no test images: give -opt TEST_OPTION_FILE, --lq DIR --gt DIR or --photos DIR '
+                             '(or make the first method an option file with datasets).')
+        sets, metrics = option_file_sets(option_file)
+    for flag, extra in ((args.lpips, LPIPS_METRIC), (args.fid, FID_METRIC)):
+        if flag and not any(opt['type'] == next(iter(extra.values()))['type'] for opt in metrics.values()):
+            metrics.update(extra)
+    for name, metric_opt in metrics.items():
+        problem = metric_problem(metric_opt)
+        if problem:
+            raise ValueError(f'metric {name}: {problem}')
+    return sets, metrics
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ DEFAULT_METRICS = {
     'ssim_float': {'type': 'calculate_ssim_float_rgb'},
 }
 LPIPS_METRIC = {'lpips': {'type': 'calculate_lpips', 'net': 'alex'}}
+FID_METRIC = {'fid': {'type': 'calculate_fid'}}
 FOLDER_TASK = {'task': 'paired', 'text': 'unknown degradation'}  # paired folders: no task of the catalogue
 
 
@@ -121,12 +122,24 @@ def photo_folder_set(folder: str) -> TestSet:
     return TestSet(osp.basename(osp.normpath(folder)), names, load, has_gt=False)
 
 
+def metric_problem(metric_opt: dict) -> Optional[str]:
+    """Why the LPIPS or FID metric ``metric_opt`` cannot run here (package or weight file missing), or None."""
+    from basicsr.utils.registry import METRIC_REGISTRY
+    kind = metric_opt['type']
+    try:
+        if kind == 'calculate_lpips':
+            from vlunet.metrics.lpips_metric import BACKBONE_WEIGHTS, default_head_weights
+            net = metric_opt.get('net', 'alex')
+            default_head_weights(net)  # ImportError naming the metrics extra when lpips is missing
+            resolve_weights_file(metric_opt.get('backbone_weights'), 'calculate_lpips.backbone_weights',
+                                 BACKBONE_WEIGHTS[net].url, f'ImageNet {net} weights')
+        elif kind == 'calculate_fid':
+            METRIC_REGISTRY.get(kind)(**{key: value for key, value in metric_opt.items() if key != 'type'})
+    except (ImportError, FileNotFoundError, ValueError) as error:
+        return ' '.join(str(error).split())
+    return None
+
+
 def folder_metrics() -> Dict[str, dict]:
     """:data:`DEFAULT_METRICS`, with LPIPS when the metrics extra and its weights are installed."""
-    try:
-        import lpips  # noqa: F401  (the metrics extra)
-        from torchvision.models import AlexNet_Weights
-        resolve_weights_file(None, 'lpips', AlexNet_Weights.IMAGENET1K_V1.url, 'AlexNet')
-    except (ImportError, FileNotFoundError):
-        return dict(DEFAULT_METRICS)
-    return {**DEFAULT_METRICS, **LPIPS_METRIC}
+    return {**DEFAULT_METRICS, **({} if metric_problem(LPIPS_METRIC['lpips']) else LPIPS_METRIC)}
