@@ -47,7 +47,8 @@ def report(tmp_path_factory):
     for name in ('a', 'b'):
         torch.save({'params': build_network(dict(TINY_VLUNET)).state_dict()}, str(root / f'{name}.pth'))
     (root / 'net.json').write_text(json.dumps(TINY_VLUNET))
-    status = cli.main(['-m', f'VLU-Net A={root / "net.json"}:{root / "a.pth"}', '-m', f'B+C={root / "net.json"}:{root / "b.pth"}',
+    network = root / 'net.json'
+    status = cli.main(['-m', f'VLU-Net A={network}:{root / "a.pth"}', '-m', f'B+C={network}:{root / "b.pth"}',
                        '--lq', str(root / 'lq'), '--gt', str(root / 'gt'), '-o', str(root / 'out'), '--no-progress'])
     assert status == 0
     return root / 'out' / 'index.html'
