@@ -72,12 +72,14 @@ setup(
         'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity', 'selenium'],
         'export': ['onnx', 'onnxscript', 'onnxruntime'],  # ONNX export (vlunet/utils/export.py, scripts/export.py)
         'metrics': ['lpips', 'torch-fidelity'],  # calculate_lpips, calculate_fid (vlunet/metrics)
+        'app': ['gradio>=6'],  # vlunet-compare-app (vlunet/compare/app.py): upload, image slider, gallery, HTTP client
     },
     entry_points={
         'console_scripts': [
             'vlunet-train = vlunet.train:main',
             'vlunet-test = vlunet.test:main',
             'vlunet-compare = vlunet.compare.cli:main',
+            'vlunet-compare-app = vlunet.compare.app:main',
         ],
     },
 )
