@@ -182,7 +182,8 @@ def grid_path(set_name: str, image: str) -> str:
 
 
 def write_grids(comparison: Comparison, box: Optional[Box] = None, panel_width: int = 256) -> Dict[str, Dict[str, str]]:
-    """Write the grid of every image; {set: {image: grid path relative to the output folder}}."""
+    """Write the grid of every image; {set: {image: grid path relative to the output folder}}. ``box``: the zoomed
+    region of every image it starts in (default, and for smaller images: where the methods differ most)."""
     paths: Dict[str, Dict[str, str]] = {}
     for test_set in comparison.sets:
         for image in test_set.names:
@@ -190,7 +191,10 @@ def write_grids(comparison: Comparison, box: Optional[Box] = None, panel_width: 
             restorations = [panel.image for panel in panels[1:1 + len(comparison.methods)] if panel.image is not None]
             if panels[0].image is None:
                 continue
-            grid, _ = render_grid(panels, box or most_different_box(restorations, panels[0].image), panel_width)
+            height, width = panels[0].image.shape[:2]
+            inside = box is not None and box[0] < width and box[1] < height  # else this image's own region
+            grid, _ = render_grid(panels, box if inside else most_different_box(restorations, panels[0].image),
+                                  panel_width)
             relative = grid_path(test_set.name, image)
             atomic_imwrite(cv2.cvtColor(np.asarray(grid), cv2.COLOR_RGB2BGR), osp.join(comparison.output, relative))
             paths.setdefault(test_set.name, {})[image] = relative

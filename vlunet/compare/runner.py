@@ -111,9 +111,10 @@ def _read_record(path: str) -> Optional[dict]:
 
 
 class _Runner:
-    def __init__(self, output: str, sets: Sequence[TestSet], metrics: Dict[str, dict], overwrite: bool,
-                 log: Callable[[str], None]):
-        self.output, self.sets, self.metrics, self.overwrite, self.log = output, sets, metrics, overwrite, log
+    """Writes the references and restorations of one comparison into ``output``."""
+
+    def __init__(self, output: str, metrics: Dict[str, dict], overwrite: bool, log: Callable[[str], None]):
+        self.output, self.metrics, self.overwrite, self.log = output, metrics, overwrite, log
         self.saved_references: set = set()
 
     def path(self, relative: str) -> str:
@@ -174,7 +175,7 @@ def run_comparison(methods: Sequence[MethodSpec], sets: Sequence[TestSet], metri
     runs: List[MethodRun] = []
     protocol_key = json.loads(json.dumps(metrics, sort_keys=True, default=str))
     with tqdm(total=images * len(methods), unit='image', disable=not progress, dynamic_ncols=True) as bar:
-        runner = _Runner(output, sets, metrics, overwrite, log)
+        runner = _Runner(output, metrics, overwrite, log)
         for spec, folder in zip(methods, _method_folders(methods)):
             bar.set_description(spec.name)
             method_records = records.setdefault(spec.name, {})

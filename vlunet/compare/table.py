@@ -43,7 +43,7 @@ def _read_png(path: str) -> np.ndarray:
     return image
 
 
-def _dataset_level_values(comparison: Comparison, method: str, set_name: str, records: Dict[str, dict]) -> dict:
+def _dataset_level_values(comparison: Comparison, set_name: str, records: Dict[str, dict]) -> dict:
     """The dataset-level metrics of one method on one set, from the saved uint8 restorations and ground truths."""
     metrics = build_dataset_metrics(comparison.metrics)
     if not metrics:
@@ -74,7 +74,7 @@ def _set_results(comparison: Comparison, method: str, set_name: str) -> Optional
             for values in scored:
                 total += values[name]
             results[name] = total / len(scored)
-    results.update(_dataset_level_values(comparison, method, set_name, records))
+    results.update(_dataset_level_values(comparison, set_name, records))
     return {name: results[name] for name in comparison.metrics if name in results}
 
 
