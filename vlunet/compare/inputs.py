@@ -54,10 +54,17 @@ class TestSet:
 
 
 def _unique_names(paths: List[str]) -> List[str]:
-    """File stems of ``paths``; a stem met twice (a.png, a.jpg) gets its extension appended."""
+    """File stems of ``paths``; a stem met twice (a.png, a.jpg) gets its extension appended, and a name still taken
+    (sub/a.png, other/a.png) a number."""
     stems = [osp.splitext(osp.basename(path))[0] for path in paths]
-    return [f'{stem}_{osp.splitext(path)[1].lstrip(".")}' if stems.count(stem) > 1 else stem
-            for stem, path in zip(stems, paths)]
+    names: List[str] = []
+    for stem, path in zip(stems, paths):
+        name = f'{stem}_{osp.splitext(path)[1].lstrip(".")}' if stems.count(stem) > 1 else stem
+        candidate, number = name, 2
+        while candidate in names:
+            candidate, number = f'{name}_{number}', number + 1
+        names.append(candidate)
+    return names
 
 
 def _dataset_set(dataset) -> TestSet:
