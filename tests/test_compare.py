@@ -1,7 +1,6 @@
 """vlunet-compare: the table equals each method's own test run, grids, failures, re-runs (tiny random networks)."""
 import csv
 import json
-import os.path as osp
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from PIL import Image
 
 import vlunet  # noqa: F401
 from basicsr.archs import build_network
-from conftest import REPO_ROOT, TINY_CLIP_CONFIG, run_entry, smooth_image, write_image
+from conftest import TINY_CLIP_CONFIG, load_script, run_entry, smooth_image, write_image
 from vlunet.compare import cli
 from vlunet.compare.grid import GAP, Panel, most_different_box, parse_box, render_grid
 from vlunet.compare.methods import parse_method
@@ -193,12 +192,12 @@ def test_method_specs_and_bad_arguments(workspace, tmp_path, capsys):
     assert not (tmp_path / 'o').exists()
 
 
-def test_the_script_runs(workspace, tmp_path):
-    import subprocess
-    import sys
-    result = subprocess.run([sys.executable, osp.join(REPO_ROOT, 'scripts', 'compare.py'), '--help'],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and 'NAME=OPTION_FILE.yml' in result.stdout
+def test_the_script_is_the_command(capsys):
+    script = load_script('compare')
+    assert script.main is cli.main
+    with pytest.raises(SystemExit) as exit_status:
+        script.main(['--help'])
+    assert exit_status.value.code == 0 and 'NAME=OPTION_FILE.yml' in capsys.readouterr().out
 
 
 def test_ir_sde_reports_its_steps_and_macs_per_step(workspace, tmp_path):
