@@ -67,15 +67,19 @@ setup(
         'safetensors',   # local .safetensors weight files (already a dependency of timm)
     ],
     extras_require={
-        # the export tests run the ONNX path too; the metric packages are small (54 KB + 86 KB wheels)
-        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity'],
+        # the export tests run the ONNX path too; the metric packages are small (54 KB + 86 KB wheels); selenium drives
+        # the system's Chromium in the comparison report's browser test (skipped without it)
+        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity', 'selenium'],
         'export': ['onnx', 'onnxscript', 'onnxruntime'],  # ONNX export (vlunet/export.py, scripts/export.py)
         'metrics': ['lpips', 'torch-fidelity'],  # calculate_lpips, calculate_fid (vlunet/metrics)
+        'app': ['gradio>=6'],  # vlunet-compare-app (vlunet/compare/app.py): upload, image slider, gallery, HTTP client
     },
     entry_points={
         'console_scripts': [
             'vlunet-train = vlunet.train:main',
             'vlunet-test = vlunet.test:main',
+            'vlunet-compare = vlunet.compare.cli:main',
+            'vlunet-compare-app = vlunet.compare.app:main',
         ],
     },
 )

@@ -17,7 +17,7 @@ weights or ``--weights`` = a converted checkpoint):
   ``--official-file PATH`` (a clone's ``net/Final.py``, imported from that path; its ``VLUNet`` gets
   our seeded random weights through ``plugin_to_official_state_dict``), or, with only
   ``--compare-official``, our re-implementation of the official forward
-  (``tests/official_reference.py``), labelled as such: it is not the authors' code;
+  (``tests/helpers/official_reference.py``), labelled as such: it is not the authors' code;
 - a training step (``--train-batch`` x ``--train-size``^2: forward, L1 loss, backward, AdamW);
 - peak memory of each measurement (CPU: peak RSS above the RSS before the measurement, each in a
   fresh subprocess; CUDA: ``torch.cuda.max_memory_allocated``);
@@ -57,6 +57,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from model_stats import count_macs, network_options
 from vlunet.options import OptionError
 from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
+from vlunet.utils.peak_memory import reset_peak_rss, rss_bytes
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import freed_memory_kept, keep_freed_memory_in_entry_point
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
@@ -69,7 +70,7 @@ from official_reference import OfficialVLUNet  # noqa: E402  (tests/ is not a pa
 
 SEED = 0
 Job = Callable[[], object]
-REIMPLEMENTATION_LABEL = 're-implementation of the official forward (tests/official_reference.py)'
+REIMPLEMENTATION_LABEL = 're-implementation of the official forward (tests/helpers/official_reference.py)'
 # Our constructor argument -> the official ``VLUNet`` argument (net/Final.py); the rest must be the official values.
 OFFICIAL_ARGUMENTS = {'de_dim': 'de_dim', 'in_channels': 'inp_channels', 'out_channels': 'out_channels', 'dim': 'dim',
                       'num_blocks': 'num_blocks', 'num_refinement_blocks': 'num_refinement_blocks',
@@ -171,7 +172,7 @@ def build_baseline(net: nn.Module, net_opt: dict, official_file: Optional[str], 
     """The baseline network (eval mode) holding ``net``'s weights under the official key names.
 
     With ``official_file`` the authors' ``VLUNet`` from that file (strict ``load_state_dict``), else
-    :class:`OfficialVLUNet`, the re-implementation of the official forward in ``tests/official_reference.py``.
+    :class:`OfficialVLUNet`, the re-implementation of the official forward in ``tests/helpers/official_reference.py``.
     """
     state = official_state(net)
     if official_file is None:
@@ -225,27 +226,6 @@ def time_alternating(jobs: Dict[str, Job], repeats: int, warmup: int, device: to
                    'first_s': first[name], 'runs': len(values)} for name, values in times.items()}
 
 
-def _rss_bytes(field: str) -> Optional[int]:
-    try:
-        with open('/proc/self/status', encoding='ascii') as status:
-            for line in status:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark to the current RSS (Linux); False where unsupported."""
-    try:
-        with open('/proc/self/clear_refs', 'w', encoding='ascii') as clear_refs:
-            clear_refs.write('5')
-        return True
-    except OSError:
-        return False
-
-
 def _build_memory_job(task: dict) -> Job:
     device = torch.device(task['device'])
     amp = AmpOptions(task['precision'] != 'fp32', DTYPES.get(task['precision'], torch.float32))
@@ -292,12 +272,12 @@ def peak_memory(job: Job, device: torch.device) -> dict:
         synchronize(device)
         return {'extra_bytes': torch.cuda.max_memory_allocated(device) - before,
                 'seconds': time.perf_counter() - start}
-    resettable = _reset_peak_rss()
-    before = _rss_bytes('VmRSS')
+    resettable = reset_peak_rss()
+    before = rss_bytes('VmRSS')
     start = time.perf_counter()
     job()
     seconds = time.perf_counter() - start
-    peak = _rss_bytes('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = rss_bytes('VmHWM') if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if before is None:
         return {'extra_bytes': None, 'peak_bytes': peak, 'seconds': seconds}
     # The kernel's RSS counters are cached per thread and may lag by a few pages: never report < 0.

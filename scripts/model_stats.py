@@ -16,24 +16,19 @@ random (1, D) embeddings for the guidance they take (NAFNetDACLIP: ``degradation
 ``degradation``; see :mod:`vlunet.guidance.degradation_encoder`); the encoder computing them is not counted.
 """
 import argparse
-import inspect
 import json
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers VLUNet)
 from basicsr.archs import build_network
-from vlunet.guidance.degradation_encoder import UNDECLARED_GUIDANCE, declared_guidance
 from vlunet.options import OptionError, load_option_file
-
-CONV_OPS = ('aten.convolution',)
-MATMUL_OPS = ('aten.mm', 'aten.addmm', 'aten.bmm', 'aten.baddbmm')
+from vlunet.network_stats import count_macs, count_parameters, example_inputs
 
 
 def network_options(option_file: Optional[str], arch_json: Optional[str]) -> dict:
@@ -47,33 +42,6 @@ def network_options(option_file: Optional[str], arch_json: Optional[str]) -> dic
     if not isinstance(config, dict):
         raise OptionError(f'--arch-json must be a JSON object, got {arch_json!r}')
     return {'type': 'VLUNet', **config}
-
-
-def example_inputs(net: nn.Module, size: int, device: torch.device) -> Tuple[tuple, Dict[str, torch.Tensor]]:
-    """((image,), guidance) for a 1x3x``size``x``size`` input on ``device``: a random (1, D) embedding for each
-    guidance keyword the network takes (its ``guidance_inputs``, else ``degradation`` if its forward has it)."""
-    image = torch.rand(1, 3, size, size, device=device)
-    names = declared_guidance(net)
-    if names is None:
-        names = [name for name in UNDECLARED_GUIDANCE if name in inspect.signature(net.forward).parameters]
-    dim = getattr(net, 'context_dim', None) or getattr(net, 'config', {}).get('degradation_dim', 512)
-    return (image,), {name: torch.randn(1, dim, device=device) for name in names}
-
-
-def count_macs(net_opt: dict, size: int) -> Dict[str, float]:
-    """{'total', 'conv', 'matmul', 'other'} multiply-accumulates of one forward pass (meta device)."""
-    with torch.device('meta'):
-        net = build_network(dict(net_opt)).eval()
-        inputs, guidance = example_inputs(net, size, torch.device('meta'))
-    # With autograd (nothing is stored on the meta device): the network's own multiply-adds. Without it the
-    # GDFN also multiplies the zero channels that pad its hidden width to whole vectors (+0.2 %).
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-        net(*inputs, **guidance)
-    flops = {str(op): count for op, count in counter.get_flop_counts()['Global'].items()}
-    conv = sum(flops.get(op, 0) for op in CONV_OPS) / 2
-    matmul = sum(flops.get(op, 0) for op in MATMUL_OPS) / 2
-    total = counter.get_total_flops() / 2
-    return {'total': total, 'conv': conv, 'matmul': matmul, 'other': total - conv - matmul}
 
 
 def median_latency(net: nn.Module, size: int, runs: int, device: torch.device) -> float:
@@ -94,8 +62,7 @@ def median_latency(net: nn.Module, size: int, runs: int, device: torch.device) -
 
 def report(net_opt: dict, sizes: List[int], runs: int, device: torch.device) -> List[str]:
     """Lines of the stats table for ``net_opt`` at each size."""
-    with torch.device('meta'):
-        params = sum(p.numel() for p in build_network(dict(net_opt)).parameters())
+    params = count_parameters(net_opt)
     lines = [f'network: {json.dumps(net_opt)}', f'parameters: {params:,} ({params / 1e6:.2f} M)',
              f'{"size":>9} {"GMACs":>9} {"conv":>9} {"matmul":>9} {"other":>7} {"latency":>12}']
     net = build_network(dict(net_opt)).to(device).eval() if runs > 0 else None

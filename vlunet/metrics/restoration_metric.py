@@ -18,9 +18,11 @@ only needs the :func:`float_rgb_metric` decorator. Option file example::
         psnr_float: {type: calculate_psnr_float_rgb}                         # official protocol
         ssim_float: {type: calculate_ssim_float_rgb}
 """
-from typing import Callable, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
+import torch
+from basicsr.utils import tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY
 
 FLOAT_RGB = 'float_rgb'
@@ -36,6 +38,18 @@ def float_rgb_metric(function: Callable) -> Callable:
 def metric_input(function: Callable) -> str:
     """The array format a registered metric function expects (``FLOAT_RGB`` or ``UINT8_BGR``)."""
     return getattr(function, 'metric_input', UINT8_BGR)
+
+
+def float_rgb_array(image: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) or (3, H, W) tensor -> float32 (H, W, 3) RGB array (clipping is the metric's job)."""
+    return image.detach().reshape(-1, *image.shape[-2:]).permute(1, 2, 0).float().cpu().numpy()
+
+
+def metric_arrays(output: torch.Tensor, gt: torch.Tensor) -> Dict[str, Dict[str, np.ndarray]]:
+    """The ``img`` (restored) and ``img2`` (reference) arrays of each input format, ``{FLOAT_RGB: {...}, UINT8_BGR:
+    {...}}``, from (1, 3, H, W) or (3, H, W) RGB tensors in [0, 1]: what every metric of a test run is given."""
+    return {FLOAT_RGB: {'img': float_rgb_array(output), 'img2': float_rgb_array(gt)},
+            UINT8_BGR: {'img': tensor2img([output]), 'img2': tensor2img([gt])}}
 
 
 def clipped_float_rgb_pair(img: np.ndarray, img2: np.ndarray, crop_border: int) -> Tuple[np.ndarray, np.ndarray]:

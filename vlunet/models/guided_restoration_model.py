@@ -41,7 +41,6 @@ from functools import partial
 from os import path as osp
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
@@ -52,7 +51,7 @@ from torch import distributed, nn
 from tqdm import tqdm
 
 from vlunet.metrics.dataset_level import DatasetMetric, build_dataset_metrics, dataset_metric_values
-from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
+from vlunet.metrics.restoration_metric import metric_arrays, metric_input
 from vlunet.guidance.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder, guidance_inputs, guidance_keywords
 from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
 from vlunet.utils.validation_record import ValidationRecord
@@ -62,11 +61,6 @@ from vlunet.utils.precision import autocast, compile_network, make_grad_scaler, 
 from vlunet.utils.results_table import format_markdown, write_results_table
 from vlunet.tiling.memory_model import network_memory_key
 from vlunet.tiling.tiles import TilePlan, parse_tile_options, restore, tile_problems
-
-def _float_rgb(image: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) or (3, H, W) tensor -> float32 (H, W, 3) RGB array (clipping is the metric's job)."""
-    return image.detach().reshape(-1, *image.shape[-2:]).permute(1, 2, 0).float().cpu().numpy()
-
 
 @MODEL_REGISTRY.register()
 class GuidedRestorationModel(TrainingStateMixin, SRModel):
@@ -214,9 +208,7 @@ class GuidedRestorationModel(TrainingStateMixin, SRModel):
 
         A metric in ``dataset_metrics`` takes the pair into its statistics instead and gets 0 here.
         """
-        output, gt = self.output.detach().cpu(), self.gt.detach().cpu()
-        arrays = {FLOAT_RGB: {'img': _float_rgb(output), 'img2': _float_rgb(gt)},
-                  UINT8_BGR: {'img': tensor2img([output]), 'img2': tensor2img([gt])}}
+        arrays = metric_arrays(self.output.detach().cpu(), self.gt.detach().cpu())
         dataset_metrics, values = dataset_metrics or {}, []
         for name, metric_opt in self.opt['val']['metrics'].items():
             data = arrays[metric_input(METRIC_REGISTRY.get(metric_opt['type']))]
