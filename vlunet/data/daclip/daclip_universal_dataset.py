@@ -1,6 +1,6 @@
 """DA-CLIP's 10-degradation "universal" set: paired LQ/GT folders per degradation, sampled as the original.
 
-Layout (DA-CLIP's README; seed-systems §1.11), for each degradation name of :data:`DACLIP_DEGRADATIONS`::
+Layout (DA-CLIP's README; docs/daclip.md), for each degradation name of :data:`DACLIP_DEGRADATIONS`::
 
     <dataroot>/<split>/<degradation>/LQ/*.png
     <dataroot>/<split>/<degradation>/GT/*.png      # the i-th GT file pairs with the i-th LQ file (sorted order)
