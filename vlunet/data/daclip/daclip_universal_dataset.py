@@ -147,7 +147,7 @@ class DAClipUniversalDataset(MixedDegradationDataset):
             raise ValueError('\n  '.join(
                 [f'DAClipUniversalDataset {opt.get("name", "")}: the DA-CLIP layout '
                  '<dataroot>/<split>/<degradation>/{LQ,GT} is incomplete:', *missing,
-                 'Put each degradation\'s pairs there (the README, "DA-CLIP universal restoration"), or list only '
+                 'Put each degradation\'s pairs there (docs/daclip.md), or list only '
                  'the degradations you have under `degradations`.']))
         self.degradations = selected_degradations(opt)
         tasks_opt = {key: value for key, value in opt.items() if key != 'samples_per_epoch'}  # its length is set below
