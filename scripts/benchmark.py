@@ -64,7 +64,7 @@ from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network
 from vlunet.utils.safe_load import safe_torch_load
 from vlunet.tiling.tiles import TileOptions, restore
 
-TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
+TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests', 'helpers')
 sys.path.insert(0, TESTS_DIR)
 from official_reference import OfficialVLUNet  # noqa: E402  (tests/ is not a package)
 

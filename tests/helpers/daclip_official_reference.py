@@ -1,6 +1,6 @@
 """An independent, literal re-implementation of DA-CLIP's released IR-SDE ``ConditionalUNet``.
 
-Written from the reference specification (``seed-systems.md`` §2.1–2.3 and §2.10), not from the
+Written from the description of the release (docs/daclip.md#the-conditional-u-net), not from the
 plugin's code, to check that :class:`vlunet.archs.daclip.irsde_unet_arch.ConditionalUNet` computes
 the same function and to be the baseline of ``scripts/benchmark_irsde.py``. It follows the release's
 operations literally: ``x * (scale + 1) + shift`` then SiLU as separate tensors, concatenated skips,

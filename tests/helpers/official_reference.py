@@ -1,6 +1,6 @@
 """An independent, straightforward re-implementation of the official VLU-Net forward pass.
 
-Written from the reference specification (``vlunet-official.md`` sections 1 and 9), not from the
+Written from the description of the official computation (docs/vlunet.md#the-official-computation), not from the
 plugin's code, to check that :class:`vlunet.archs.vlunet.vlunet_arch.VLUNet` computes the same function.
 It follows the official code's operations literally (einops rearranges, explicit mean/variance
 layer norm, the prompt repeated over the batch, ...) and is also the baseline of the benchmark.

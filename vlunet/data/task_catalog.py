@@ -1,7 +1,7 @@
 """The standard all-in-one restoration tasks: their CLIP degradation text and default synthetic degradation.
 
 A task in an option file may omit ``text`` when its name is one of :data:`KNOWN_TASKS` (the texts are
-the official fine-tuning prompts, reference §3.4), and, when its source is clean images only
+the official fine-tuning prompts, docs/vlunet.md#degradation-prompts), and, when its source is clean images only
 (``dataroot_gt`` without ``dataroot_lq``), may omit ``degradations`` too: the default below is used.
 Any other name is a user-defined task and must give both.
 """

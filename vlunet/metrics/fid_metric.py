@@ -11,7 +11,7 @@ summed over the ranks in distributed runs, and at the end of the set
 with unbiased covariances (as ``numpy.cov``, like pytorch-fid and torch-fidelity). FID needs many
 images: with fewer images than ``dims`` the covariances are singular and the value is biased upward
 (DA-CLIP's paper reports it per test set all the same; its tool and settings are unspecified,
-seed-systems.md §2.6). Lower is better. Requires the ``metrics`` extra (``pip install 'vlunet[metrics]'``).
+docs/daclip.md). Lower is better. Requires the ``metrics`` extra (``pip install 'vlunet[metrics]'``).
 
 Input: the uint8 images as saved (BasicSR's ``tensor2img``: clamped, rounded, BGR), turned into RGB.
 

@@ -1,6 +1,6 @@
 """ConditionalUNet (DA-CLIP's IR-SDE noise network) and the conversion of its released weights.
 
-Facts from the reference (seed-systems §2.1–2.3, §2.10): parameter counts, state-dict names and shapes,
+Facts of the release (docs/daclip.md#the-conditional-u-net): parameter counts, state-dict names and shapes,
 the meaning of ``time``, reflect padding to a multiple of 16, one-token cross-attention, zero-initialised
 transformer outputs. Tiny configurations for everything that runs a forward pass.
 """

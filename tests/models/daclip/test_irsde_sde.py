@@ -1,6 +1,6 @@
-"""IR-SDE schedule and sampler (vlunet.models.daclip.irsde) against an independent float64 computation of §2.4.
+"""IR-SDE schedule and sampler (vlunet.models.daclip.irsde) against an independent float64 computation.
 
-The reference functions below are written from the formulas of seed-systems §2.4 (max_sigma 50/255,
+The reference functions below are written from the formulas of docs/daclip.md#the-sde (max_sigma 50/255,
 T 100, cosine schedule with s = 0.008 over T + 2 steps, eps 0.005), in numpy, not from the module.
 """
 import math
@@ -17,7 +17,7 @@ EPS = 0.005
 
 
 def reference_schedule(steps: int = T, max_sigma: float = MAX_SIGMA, eps: float = EPS) -> dict:
-    """θ, σ, Θ, dt, σ̄ from the §2.4 formulas in float64."""
+    """θ, σ, Θ, dt, σ̄ from the IR-SDE formulas in float64."""
     x = np.arange(steps + 3, dtype=np.float64)
     alpha_bar = np.cos((x / (steps + 2) + 0.008) / 1.008 * math.pi / 2) ** 2
     alpha_bar = alpha_bar / alpha_bar[0]

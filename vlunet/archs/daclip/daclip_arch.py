@@ -16,7 +16,7 @@ Submodules (tensor shapes for ViT-B-32: width W = 768, L = 12 blocks, 50 tokens,
 - ``control_linears``: L zero-initialised ``Linear(W, W)`` (weight and bias 0), trainable;
 - ``logit_scale``: DA-CLIP's own log temperature (a copy of the backbone's at construction), trainable.
 
-Computation (the original ``encode_image(image, control=True)``, seed-systems §1.3): the controller
+Computation (the original ``encode_image(image, control=True)``, docs/daclip.md#the-encoder): the controller
 runs its L blocks on the image; after block j its tokens x_j (B, 50, W) give the control
 h_j = control_linears[j](x_j), while its own stream continues unchanged. Its head (``ln_post`` on the
 class token, ``proj``) gives the **degradation** embedding (B, D). The frozen tower then runs on the

@@ -9,12 +9,12 @@ also registered as ``NAFNet``.
 
 The DA-CLIP paper (Table 3 row "NAFNet + DA-CLIP") says only "we add the prompt module to all blocks and
 use cross-attention in the bottom layers"; no code was published. The author's issue comments
-(seed-systems §2.8) show a NAFBlock whose ``mlp`` (SimpleGate -> Linear(emb_dim/2, 4C)) turns an
+(docs/daclip.md#nafnet--da-clip) show a NAFBlock whose ``mlp`` (SimpleGate -> Linear(emb_dim/2, 4C)) turns an
 embedding into scale/shift pairs for the outputs of its two layer norms, and whose simplified channel
 attention is replaced by ``att(x, context)`` where there is cross-attention, "similar to the denoising
 U-Net". Data flow here (blocks: :mod:`vlunet.archs.nafnet_blocks`, :mod:`vlunet.archs.daclip.irsde_unet_blocks`):
 
-- d -> :class:`DegradationPrompt` (the U-Net's prompt module, §2.2) -> p (B, prompt_dim), shared by
+- d -> :class:`DegradationPrompt` (the U-Net's prompt module, docs/daclip.md) -> p (B, prompt_dim), shared by
   every block; each NAFBlock maps p to its own (shift, scale) pairs for LN1 and LN2: x·(1 + scale) + shift;
 - c -> one context token (B, 1, context_dim); in every middle block a SpatialTransformer (GroupNorm,
   self-attention, cross-attention on the token, GEGLU feed-forward, zero-initialised output
@@ -23,7 +23,7 @@ U-Net". Data flow here (blocks: :mod:`vlunet.archs.nafnet_blocks`, :mod:`vlunet.
   the channels), middle blocks, decoder levels (1×1 conv + PixelShuffle halving them, additive skip,
   NAFBlocks), 3×3 ending conv, plus the input; mirror-padded to a multiple of 2^levels and cropped back.
 
-Decisions on the open points of §2.8 (the uncertain ones are constructor options):
+Decisions on the open points (docs/daclip.md#decisions; the uncertain ones are constructor options):
 
 1. **Size** (unknown): NAFNet's width-32 configuration with 1, 1, 1, 28 encoder blocks, 1 middle block
    and 1, 1, 1, 1 decoder blocks (NAFNet's deblurring setting; the unanswered follow-up in issue #108
@@ -49,7 +49,7 @@ Decisions on the open points of §2.8 (the uncertain ones are constructor option
    the results differ only near the border of sizes that are not multiples of 2^levels).
 6. **Loss and schedule** (unknown; not the network's): the option files train with the MSE loss (an
    earlier paper version called the model "an MSE-based network") on DA-CLIP's universal IR-SDE
-   schedule (§2.5: batch 16 of 256² crops, AdamW 2e-4, cosine decay over 700,000 iterations).
+   schedule (docs/daclip.md: batch 16 of 256² crops, AdamW 2e-4, cosine decay over 700,000 iterations).
 
 Weight layout: a NAFBlock's layer norm returns a channels-last map (it normalises the (B, H, W, C) view), so
 the block's convolutions run on channels-last maps; with contiguous weights their gradients came out

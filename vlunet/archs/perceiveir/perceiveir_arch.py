@@ -20,8 +20,8 @@ with the network (``.to(device)``, ``.cuda()``, ``.half()``). Random DINO weight
 (``semantic_pretrained: ~``) are seeded, so every build (EMA copy, DDP ranks, a reloaded model) has
 the same ones.
 
-Decisions (reference ``seed-systems.md`` §3.8; rule: the paper; where it is silent, the release; the
-README's decisions table has the same rows):
+Decisions (rule: the paper; where it is silent, the release; the table of docs/perceiveir.md#decisions
+has the same rows):
 
 - CFE. Paper (Fig. 3): ResBlocks (Conv-LReLU-Conv), average pool, Linear-LReLU-Linear, Z 1x128;
   counts, widths, strides, slope and normalisation not stated. Release: four stride-2 3x3 convs
@@ -69,7 +69,7 @@ ViT-B/14 (85,724,928 parameters at 224) is not counted.
 NAFNet backbone (Table XIII, 21.73 M): not provided. The paper gives only the parameter count and the
 results; it does not say which NAFNet configuration (widths, blocks per level), where PGM and PGCA
 sit in a NAFBlock (NAFNet has no MDTA, so Eq. 8 has no counterpart), or which levels are guided, and
-the notes on the release (reference §3.3) describe none. Any variant would be our own design reported
+the release (docs/perceiveir.md#decisions) has none. Any variant would be our own design reported
 under the paper's name, so ``backbone`` accepts ``restormer`` only.
 """
 from typing import Dict, Optional, Sequence, Tuple, Union

@@ -6,7 +6,7 @@
   the modules of torchvision's ``vgg16().features`` in order (name k = ``features[k]``). A ``conv*``
   layer is the convolution's output *before* its ReLU and a ``relu*`` layer the output after it: the
   ReLUs are not in place here, so a requested pre-ReLU feature is not overwritten (the in-place
-  subtlety of the Perceive-IR release, seed-systems §3.4.4).
+  subtlety of the Perceive-IR release, docs/perceiveir.md#decisions).
 - ``weights``: where the ImageNet weights come from (see :func:`resolve_vgg16_weights`):
   ``None`` = torchvision's cached file ``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``; a path =
   that file (torchvision's ``vgg16-397923af.pth`` or any state dict with its ``features.*`` keys);

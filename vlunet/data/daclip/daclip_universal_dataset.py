@@ -1,6 +1,6 @@
 """DA-CLIP's 10-degradation "universal" set: paired LQ/GT folders per degradation, sampled as the original.
 
-Layout (DA-CLIP's README; seed-systems §1.11), for each degradation name of :data:`DACLIP_DEGRADATIONS`::
+Layout (DA-CLIP's README; docs/daclip.md), for each degradation name of :data:`DACLIP_DEGRADATIONS`::
 
     <dataroot>/<split>/<degradation>/LQ/*.png
     <dataroot>/<split>/<degradation>/GT/*.png      # the i-th GT file pairs with the i-th LQ file (sorted order)
@@ -147,7 +147,7 @@ class DAClipUniversalDataset(MixedDegradationDataset):
             raise ValueError('\n  '.join(
                 [f'DAClipUniversalDataset {opt.get("name", "")}: the DA-CLIP layout '
                  '<dataroot>/<split>/<degradation>/{LQ,GT} is incomplete:', *missing,
-                 'Put each degradation\'s pairs there (the README, "DA-CLIP universal restoration"), or list only '
+                 'Put each degradation\'s pairs there (docs/daclip.md), or list only '
                  'the degradations you have under `degradations`.']))
         self.degradations = selected_degradations(opt)
         tasks_opt = {key: value for key, value in opt.items() if key != 'samples_per_epoch'}  # its length is set below

@@ -8,7 +8,7 @@ returns ``(content_loss, degradation_loss)`` (the model adds them, each with its
   exp(logit_scale) (0-d, shared by both terms), and ``has_caption`` (B,) bool (None: all);
 - every embedding is L2-normalised; for a pair (x, y):
   L(x, y) = ½ [CE(s·x yᵀ, arange) + CE(s·y xᵀ, arange)], rows = samples, targets = the diagonal
-  (the original code, seed-systems §1.6; the paper's Eq. 1 writes only the image-to-text direction);
+  (the original code, docs/daclip.md#decisions; the paper's Eq. 1 writes only the image-to-text direction);
 - content loss = L(content, captions) over the samples that have a caption (0 when none has one:
   captions are optional; the degradation loss still trains the controller), degradation loss =
   L(degradation, names) over all samples. Identical names in a batch are negatives of each other,

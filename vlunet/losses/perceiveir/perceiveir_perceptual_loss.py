@@ -22,14 +22,14 @@ All images are float RGB in [0, 1] (clamped, ImageNet-normalised for VGG-16). Pe
 and the loss is ``loss_weight`` × the mean of L_b over the batch. V_i: :class:`VGG16Features`,
 frozen; the features of ``gt`` and of the negatives are computed without gradient (as the release).
 
-Layers (the open point of seed-systems §3.4.4): the paper's "3rd, 7th, 11th, 15th layers" are read
+Layers (an open point, docs/perceiveir.md#decisions): the paper's "3rd, 7th, 11th, 15th layers" are read
 as 0-based indices of torchvision's ``vgg16().features`` (the release), whose outputs the release
 collects *after* module 3, 7, 11, 15 — but torchvision's ReLUs are in place, so the stored output of
 index 7 (conv2_2) is overwritten by ReLU 8: the release computes relu1_2, **relu2_2**, relu3_1,
 relu3_3. We take those four post-ReLU features, by name (``layer_weights`` keys; any VGG-16 layer
 name works, e.g. ``conv2_2`` for the literal pre-ReLU reading), ξ = 1/12, 1/6, 1/3, 1 (paper).
 
-L1 normalisation (the other §3.4.4 point): mean (release). Within a layer the numerator and the
+L1 normalisation (the other open point of L_dpl): mean (release). Within a layer the numerator and the
 denominator use the same normalisation, so mean and sum give the same ratio (only ``eps`` differs).
 
 ``difficulty_weights(proxy_psnr, network_psnr, gamma=0.25)`` is Eq. 10: at the start of each epoch,

@@ -1,4 +1,4 @@
-"""Training DA-CLIP's controller (ICLR 2024, seed-systems §1.4-§1.7) through BasicSR.
+"""Training DA-CLIP's controller (ICLR 2024, docs/daclip.md#training-the-controller) through BasicSR.
 
 Option file (see ``options/daclip/train_daclip.yml``)::
 

@@ -3,7 +3,7 @@
 The paper: "at the start of epoch k", compare the network's average PSNR (weights Θ_{k-1}) with the
 PSNR of each non-easy negative N_q: a proxy the network already beats is *hard* (O_k = 1 + γ), one
 that beats the network *very hard* (O_k = 1 − γ). What an epoch and the "average PSNR" are is not
-stated (seed-systems §3.8 point 10). Here:
+stated (docs/perceiveir.md#decisions). Here:
 
 - **epoch** = ``every`` training iterations (option ``train.difficulty_probe.every``; the shipped
   files set it to one pass over the training set, the arithmetic in their headers). The probe runs
