@@ -78,6 +78,8 @@ setup(
         'console_scripts': [
             'vlunet-train = vlunet.train:main',
             'vlunet-test = vlunet.test:main',
+            'vlunet-export = vlunet.commands.export:main',
+            'vlunet-prepare-data = vlunet.commands.prepare_data:main',
             'vlunet-compare = vlunet.compare.cli:main',
             'vlunet-compare-app = vlunet.compare.app:main',
         ],

@@ -1,11 +1,10 @@
 """Export with dynamic sizes: torch.export and ONNX agree with PyTorch on sizes that are not multiples of 8."""
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
 
-from helpers import REPO_ROOT
+from helpers import load_script
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
@@ -16,15 +15,11 @@ TINY = dict(de_dim=3, dim=10, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, 
             gradient_step_heads=1, key_size=8)
 # batch 1 and 2; sides that are and are not multiples of 8, and the smallest exportable side
 SIZES = [(1, 40, 48), (2, 19, 77), (1, 9, 9), (1, 64, 33)]
-EXPORT_SCRIPT = osp.join(REPO_ROOT, 'scripts', 'export.py')
 
 
 def export_script():
     """``scripts/export.py`` as a module."""
-    spec = importlib.util.spec_from_file_location('export_script', EXPORT_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('export')
 
 
 def tiny_net() -> VLUNet:

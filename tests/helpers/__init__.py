@@ -2,6 +2,7 @@
 
 Nothing here touches the network: open_clip models are built with ``pretrained=None``.
 """
+import importlib
 import importlib.util
 import json
 import os
@@ -22,8 +23,15 @@ TINY_CLIP_CONFIG = {
 }
 
 
+# scripts/<name>.py that run a command of the package: the tests import the command's module
+COMMAND_MODULES = {'export': 'vlunet.commands.export', 'prepare_datasets': 'vlunet.commands.prepare_data',
+                   'compare': 'vlunet.compare.cli'}
+
+
 def load_script(name: str):
-    """``scripts/<name>.py`` imported as a module (its ``main`` and helpers), without running it."""
+    """The module behind ``scripts/<name>.py`` (its ``main`` and helpers), imported without running it."""
+    if name in COMMAND_MODULES:
+        return importlib.import_module(COMMAND_MODULES[name])
     spec = importlib.util.spec_from_file_location(f'{name}_script', osp.join(REPO_ROOT, 'scripts', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,20 +1,12 @@
 """scripts/prepare_datasets.py on a fake download tree, and scripts/make_demo_data.py."""
-import importlib.util
 import os.path as osp
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, smooth_image, write_image
+from helpers import load_script, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from basicsr.data import build_dataset
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO_ROOT, 'scripts', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _pair(root, lq_rel: str, gt_rel: str, seed: int):
@@ -42,7 +34,7 @@ def download_tree(tmp_path):
 
 
 def test_prepare_writes_meta_files_the_datasets_read_and_reports_problems(download_tree, capsys):
-    status = _script('prepare_datasets').main(['--root', download_tree, '--lmdb'])
+    status = load_script('prepare_datasets').main(['--root', download_tree, '--lmdb'])
     output = capsys.readouterr().out
     assert status == 1  # problems were found
     assert 'missing pair: ' in output and 'rain-9.png -> norain-9.*' in output
@@ -80,12 +72,12 @@ def test_prepare_writes_meta_files_the_datasets_read_and_reports_problems(downlo
 
 
 def test_prepare_reports_a_requested_missing_download(tmp_path, capsys):
-    status = _script('prepare_datasets').main(['--root', str(tmp_path), '--lol', str(tmp_path / 'nowhere')])
+    status = load_script('prepare_datasets').main(['--root', str(tmp_path), '--lol', str(tmp_path / 'nowhere')])
     assert status == 1 and 'MISSING' in capsys.readouterr().out
 
 
 def test_prepare_without_any_data_says_where_each_set_comes_from_and_fails(tmp_path, capsys):
-    status = _script('prepare_datasets').main(['--root', str(tmp_path / 'datasets')])
+    status = load_script('prepare_datasets').main(['--root', str(tmp_path / 'datasets')])
     captured = capsys.readouterr()
     assert status == 1
     assert f'error: no dataset found under {tmp_path / "datasets"}' in captured.err
@@ -97,7 +89,7 @@ def test_prepare_without_any_data_says_where_each_set_comes_from_and_fails(tmp_p
 
 
 def test_make_demo_data_is_deterministic_and_loadable(tmp_path):
-    demo = _script('make_demo_data')
+    demo = load_script('make_demo_data')
     demo.main(['--out', str(tmp_path / 'a'), '--crops', '1', '--size', '48'])
     demo.main(['--out', str(tmp_path / 'b'), '--crops', '1', '--size', '48'])
     for task in demo.DEMO_TASKS:
