@@ -23,20 +23,16 @@ training, so the degradation vectors and detected prompts are far weaker than th
 demo shows the machinery working end to end, not the paper's numbers.
 
 CPU threads: unless ``OMP_NUM_THREADS`` is set, the demo uses the CPUs that are idle when it starts
-(the CPUs it may run on minus the 1-minute load average, at least 1; :func:`choose_threads`) and
-says so. OpenMP threads wait for each other at every parallel region, so one thread sharing its
-core with another busy process stalls them all. Measured on 2-core machines: with one core busy,
-training took 11-17 s per iteration with 2 threads and 0.66 s with 1; at a load average of 15-18,
-67 s per iteration with 2 threads and 5.8 s with 1.
+(the CPUs it may run on minus the 1-minute load average, at least 1; :mod:`vlunet.utils.cpu_threads`, the rule
+of every entry point) and says so; every step runs with that count.
 """
 import csv
-import math
 import os
 import os.path as osp
 import subprocess
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -49,6 +45,7 @@ from vlunet.data.image_io import read_image  # noqa: E402
 from vlunet.metrics.restoration_metric import calculate_psnr_float_rgb  # noqa: E402
 from vlunet.options import load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_torch_save  # noqa: E402
+from vlunet.utils.cpu_threads import cpu_threads  # noqa: E402
 
 CLIP_OPTIONS = osp.join('options', 'demo', 'train_clip_demo.yml')
 TRAIN_OPTIONS = osp.join('options', 'demo', 'train_demo.yml')
@@ -56,22 +53,6 @@ TEST_OPTIONS = osp.join('options', 'demo', 'test_demo.yml')
 DEMO_DATA = osp.join('datasets', 'demo')
 INFERENCE_OUTPUT = osp.join('results', 'demo_inference')
 EXAMPLE_SET = 'test_5'  # demo-derain: the inference example is its first degraded image
-
-
-def choose_threads(cpus: int, load: float) -> int:
-    """Threads for ``cpus`` usable CPUs at a 1-minute ``load`` average: the idle CPUs, at least 1, at most ``cpus``."""
-    return max(1, min(cpus, math.floor(cpus - load + 0.5)))
-
-
-def demo_threads() -> Tuple[int, str]:
-    """The demo's CPU thread count and why: ``OMP_NUM_THREADS`` if set, else :func:`choose_threads` of this machine."""
-    if os.environ.get('OMP_NUM_THREADS', '').isdigit() and int(os.environ['OMP_NUM_THREADS']) > 0:
-        return int(os.environ['OMP_NUM_THREADS']), 'from OMP_NUM_THREADS'
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
-    threads = choose_threads(cpus, load)
-    return threads, (f'{cpus} CPU(s) usable, 1-minute load average {load:.2f}; set OMP_NUM_THREADS to choose '
-                     'another number')
 
 
 def run_step(title: str, args: List[str], threads: int) -> None:
@@ -116,7 +97,7 @@ def print_comparison(before: Dict[str, float], results_csv: str) -> None:
 def main() -> None:
     start = time.time()
     os.chdir(REPO_ROOT)
-    threads, reason = demo_threads()
+    threads, reason = cpu_threads()
     torch.set_num_threads(threads)
     print(f'=== demo: {threads} CPU thread(s) ({reason})', flush=True)
     test_opt = load_option_file(TEST_OPTIONS)

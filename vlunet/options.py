@@ -32,6 +32,8 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from vlunet.archs.degradation_clip_arch import pretrained_tag_problem
+
 KNOWN_TOP_LEVEL_KEYS = ('name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val',
                         'logger', 'dist_params', 'find_unused_parameters', 'degradation_encoder', 'degradation_prompts',
                         'tile', 'amp', 'compile', 'is_train', 'dist', 'rank', 'world_size', 'auto_resume',
@@ -289,6 +291,13 @@ def _missing_clip_files(key: str, section: object) -> List[str]:
         if looks_like_file and not osp.isfile(osp.expanduser(value)):
             errors.append(f'{key}.{name}: file {value!r} does not exist. Fix the path'
                           + (', or give an open_clip tag or ~.' if name == 'pretrained' else '.'))
+    cls = registered(ARCH_REGISTRY, section.get('type'))
+    backbone = inspect.signature(cls).parameters.get('backbone') if cls is not None else None
+    backbone = section.get('backbone', backbone.default if backbone is not None else None)  # open_clip networks
+    tag = section.get('pretrained')
+    if isinstance(tag, str) and not osp.isfile(osp.expanduser(tag)) and not errors and isinstance(backbone, str):
+        problem = pretrained_tag_problem(backbone, tag)  # offline: caught here, not after open_clip's retries
+        errors += [f'{key}.pretrained: {problem.removeprefix("pretrained: ")}'] if problem else []
     return errors
 
 

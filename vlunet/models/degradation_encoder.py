@@ -34,6 +34,7 @@ from basicsr.utils import get_root_logger
 from torch import nn
 
 from vlunet.utils.tiling import repeat_per_tile
+from vlunet.utils.weight_files import seeded_random_weights
 
 WEIGHTS_KEY = 'pretrain_network_degradation_encoder'
 GUIDANCE_INPUTS = ('degradation', 'content')  # keywords a network can declare in its guidance_inputs
@@ -57,10 +58,14 @@ def _load_weights(encoder: nn.Module, path: str) -> None:
 
 def build_degradation_encoder(encoder_opt: Optional[dict], weights_path: Optional[str],
                               device: torch.device) -> Optional[nn.Module]:
-    """The frozen encoder in eval mode on ``device``, or None when ``encoder_opt`` is absent/null."""
+    """The frozen encoder in eval mode on ``device``, or None when ``encoder_opt`` is absent/null.
+
+    Weights the files do not give are drawn with a fixed seed, so a random encoder (an offline demo) is the same
+    in training, testing and inference."""
     if not encoder_opt:
         return None
-    encoder = build_network(encoder_opt)
+    with seeded_random_weights():
+        encoder = build_network(encoder_opt)
     if not callable(getattr(encoder, 'encode_degradation', None)):
         raise TypeError(f'degradation_encoder.type: {encoder_opt["type"]} has no encode_degradation(images) method.')
     if weights_path:
