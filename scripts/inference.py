@@ -126,8 +126,9 @@ def _scorer(text: str) -> PromptScorer:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    summary, details = __doc__.split('\n\n', 1)
+    parser = argparse.ArgumentParser(description=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=details)
     parser.add_argument('inputs', nargs='+', help='image files and/or folders')
     parser.add_argument('-o', '--output', default=osp.join('results', 'inference'),
                         help='output folder (default results/inference)')
@@ -320,17 +321,18 @@ def restore_all(restorer: Restorer, jobs: List[Job]) -> Outcome:
         try:
             for job, planned in zip(jobs, pixels):
                 bar.set_postfix_str(osp.basename(job.source))
-                done = bar.n
+                done, failure = bar.n, None
                 plans.clear()
                 try:
                     image, guess = restorer.restore_and_detect(load_image(job.source))
                     save_image(job.output, image)
                 except (ValueError, OSError, RuntimeError, MemoryError) as error:  # bad image, NaN, output, memory
-                    failures.append((job.source, str(error) or type(error).__name__))
-                    tqdm.write(f'FAILED {job.source}: {failures[-1][1]}')
+                    failure = str(error) or type(error).__name__
+                bar.update(max(done + planned - bar.n, 0))  # the plan and the image may disagree (not after Ctrl-C)
+                if failure is not None:
+                    failures.append((job.source, failure))
+                    tqdm.write(f'FAILED {job.source}: {failure}')
                     continue
-                finally:
-                    bar.update(max(done + planned - bar.n, 0))  # the plan and the image may disagree
                 restored += 1
                 detected = f'{guess.prompt!r} ({guess.probabilities[guess.prompt]:.0%})' if guess else 'n/a (no CLIP)'
                 plan = f'{plans[-1]}; ' if plans else ''

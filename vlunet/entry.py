@@ -1,6 +1,7 @@
 """Shared start-up of ``vlunet.train`` and ``vlunet.test``: argv fix-up, option checking, console verbosity."""
 import argparse
 import contextlib
+import io
 import os
 import sys
 from typing import Callable, List
@@ -40,6 +41,16 @@ def check_command_line(argv: List[str], is_train: bool) -> None:
         print(f'warning: {known.opt}: {warning}', file=sys.stderr, flush=True)
 
 
+def print_help(pipeline: Callable[[str], None]) -> None:
+    """BasicSR's ``--help`` (its parser prints it and exits in the pipeline's first call), with ``--verbose`` added."""
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
+        pipeline(os.getcwd())
+    print(text.getvalue().rstrip('\n'))
+    print(f'  {VERBOSE_FLAG:<21} also print the network structure and the option dump on the console (always in '
+          'the log file)')
+
+
 def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
     """Check the ``-opt`` file, then run a BasicSR pipeline rooted at the current directory.
 
@@ -55,6 +66,8 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
     sys.argv = compat.normalize_local_rank_argument(sys.argv)
     console_log.set_verbose(VERBOSE_FLAG in sys.argv)
     sys.argv = [arg for arg in sys.argv if arg != VERBOSE_FLAG]  # ours, unknown to BasicSR's parser
+    if {'-h', '--help'} & set(sys.argv[1:]):
+        return print_help(pipeline)
     check_command_line(sys.argv, is_train)
     if not torch.cuda.is_available():  # the CPU thread count of every entry point (vlunet/utils/cpu_threads.py)
         use_cpu_threads(announce=int(os.environ.get('RANK', 0)) == 0)

@@ -33,6 +33,7 @@ from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from vlunet.archs.degradation_clip_arch import pretrained_tag_problem
+from vlunet.utils.close_paths import close_file
 
 KNOWN_TOP_LEVEL_KEYS = ('name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val',
                         'logger', 'dist_params', 'find_unused_parameters', 'degradation_encoder', 'degradation_prompts',
@@ -88,7 +89,9 @@ class OptionError(ValueError):
 def load_option_file(path: str) -> dict:
     """Read a YAML option file the way BasicSR does, with readable errors."""
     if not osp.isfile(path):
-        raise OptionError(f'option file {path!r} does not exist (pass it with -opt PATH).')
+        close = close_file(path)
+        hint = f' Did you mean {close!r}?' if close else ' (pass it with -opt PATH)'
+        raise OptionError(f'option file {path!r} does not exist{"." if close else ""}{hint}')
     with open(path, encoding='utf-8') as f:
         try:
             opt = yaml.load(f, Loader=ordered_yaml()[0])
@@ -470,5 +473,7 @@ def check_option_file(path: str, is_train: bool, force_yml: Optional[Sequence[st
         else:
             warnings.append(message)
     if errors:
-        raise OptionError(f'{path}:\n  ' + '\n  '.join(errors))
+        where = (f' (relative paths are resolved against the current folder, {os.getcwd()})'
+                 if any('does not exist' in error for error in errors) else '')
+        raise OptionError(f'{path}{where}:\n  ' + '\n  '.join(errors))
     return warnings
