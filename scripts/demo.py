@@ -2,7 +2,8 @@
 
 Usage (from the repository root, after ``pip install -e .``)::
 
-    python scripts/demo.py
+    python scripts/demo.py            # VLU-Net, steps 1-6 below
+    python scripts/demo.py --irsde    # DA-CLIP's IR-SDE instead: data, training, testing, inference (see below)
 
 Steps:
 
@@ -17,6 +18,12 @@ Steps:
 5. ``vlunet/test.py -opt options/demo/test_demo.yml``: per-task results table and restored images
    (``results/VLUNet_demo_test/``), printed next to the PSNR of the degraded inputs.
 6. ``scripts/inference.py`` on one validation image (``results/demo_inference/``).
+
+``--irsde``: a tiny IR-SDE (``ConditionalUNet`` guided by a random, seeded DA-CLIP; 20 sampling steps instead of
+100) trained on the 6 DA-CLIP degradations made on the fly from the demo photos
+(``options/demo/train_irsde_demo.yml``), tested (``options/demo/test_irsde_demo.yml``) and used by
+``scripts/inference.py`` with its checkpoint alone and 10 steps. A noise network this small and this briefly
+trained does not restore yet (its sampled outputs are far below the inputs' PSNR): it shows the machinery.
 
 The CLIP backbone is random (not the pretrained ViT-B/32) and its adapters see a few seconds of
 training, so the degradation vectors and detected prompts are far weaker than the paper's: the
@@ -52,6 +59,9 @@ TRAIN_OPTIONS = osp.join('options', 'demo', 'train_demo.yml')
 TEST_OPTIONS = osp.join('options', 'demo', 'test_demo.yml')
 DEMO_DATA = osp.join('datasets', 'demo')
 INFERENCE_OUTPUT = osp.join('results', 'demo_inference')
+IRSDE_TRAIN_OPTIONS = osp.join('options', 'demo', 'train_irsde_demo.yml')
+IRSDE_TEST_OPTIONS = osp.join('options', 'demo', 'test_irsde_demo.yml')
+IRSDE_INFERENCE_OUTPUT = osp.join('results', 'demo_irsde_inference')
 EXAMPLE_SET = 'test_5'  # demo-derain: the inference example is its first degraded image
 
 
@@ -94,7 +104,28 @@ def print_comparison(before: Dict[str, float], results_csv: str) -> None:
         print(f'{name:<22}{value:>12.2f}{after[name]:>13.2f}')
 
 
-def main() -> None:
+def irsde_demo(threads: int, start: float) -> None:
+    """The IR-SDE demo (``--irsde``): training, testing and inference with the checkpoint alone."""
+    run_step('2/4 IR-SDE training + validation', [osp.join('vlunet', 'train.py'), '-opt', IRSDE_TRAIN_OPTIONS],
+             threads)
+    run_step('3/4 IR-SDE testing', [osp.join('vlunet', 'test.py'), '-opt', IRSDE_TEST_OPTIONS], threads)
+    train_name, test_name = (load_option_file(path)['name'] for path in (IRSDE_TRAIN_OPTIONS, IRSDE_TEST_OPTIONS))
+    checkpoint = osp.join('experiments', train_name, 'models', 'net_g_latest.pth')
+    example = osp.join(DEMO_DATA, 'val', 'denoise_50', 'lq', sorted(os.listdir(osp.join(DEMO_DATA, 'val',
+                                                                                         'denoise_50', 'lq')))[0])
+    run_step('4/4 IR-SDE inference (the checkpoint alone, 10 steps)', [
+        osp.join('scripts', 'inference.py'), example, '--net-weights', checkpoint, '--steps', '10',
+        '-o', IRSDE_INFERENCE_OUTPUT], threads)
+    print(f'\nIR-SDE demo finished in {time.time() - start:.0f} s ({threads} CPU thread(s)). Outputs:\n'
+          f'  training:        {osp.abspath(osp.join("experiments", train_name))} (models/, log)\n'
+          f'  results table:   {osp.abspath(osp.join("results", test_name, "results.md"))}\n'
+          f'  inference:       {osp.abspath(IRSDE_INFERENCE_OUTPUT)}')
+
+
+def main(argv: List[str] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv not in ([], ['--irsde']):
+        sys.exit('usage: python scripts/demo.py [--irsde]')
     start = time.time()
     os.chdir(REPO_ROOT)
     threads, reason = cpu_threads()
@@ -102,7 +133,9 @@ def main() -> None:
     print(f'=== demo: {threads} CPU thread(s) ({reason})', flush=True)
     test_opt = load_option_file(TEST_OPTIONS)
     if not osp.isdir(DEMO_DATA):
-        run_step('1/6 demo data', [osp.join('scripts', 'make_demo_data.py')], threads)
+        run_step(f'1/{4 if argv else 6} demo data', [osp.join('scripts', 'make_demo_data.py')], threads)
+    if argv == ['--irsde']:
+        return irsde_demo(threads, start)
     encoder_path = write_demo_encoder(test_opt)
     print(f'=== 2/6 demo degradation encoder (random weights): {encoder_path}')
     run_step('3/6 CLIP adapter fine-tuning', [osp.join('vlunet', 'train.py'), '-opt', CLIP_OPTIONS], threads)

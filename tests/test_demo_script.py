@@ -65,3 +65,20 @@ def test_every_demo_that_trains_a_restoration_network_has_a_test_option_file():
         assert len(matching) == 1, train['name']
         for key in ('model_type', 'network_g', 'degradation_encoder', 'sde'):
             assert matching[0].get(key) == train.get(key), (train['name'], key)
+
+
+def test_the_irsde_demo_trains_tests_and_restores_with_the_checkpoint_alone(demo, monkeypatch, tmp_path):
+    steps = []
+    monkeypatch.setattr(demo, 'run_step', lambda title, args, threads: steps.append(args))
+    monkeypatch.chdir(REPO_ROOT)  # main() changes into it; restored after the test
+    (tmp_path / 'val' / 'denoise_50' / 'lq').mkdir(parents=True)
+    (tmp_path / 'val' / 'denoise_50' / 'lq' / 'a.png').write_bytes(b'')
+    monkeypatch.setattr(demo, 'DEMO_DATA', str(tmp_path))  # the demo data, as step 1 writes it
+    demo.main(['--irsde'])
+    train, test, inference = steps[-3:]
+    assert train[-2:] == ['-opt', demo.IRSDE_TRAIN_OPTIONS] and test[-2:] == ['-opt', demo.IRSDE_TEST_OPTIONS]
+    assert inference[0].endswith('inference.py') and '-opt' not in inference
+    assert inference[inference.index('--net-weights') + 1] == 'experiments/IRSDE_demo/models/net_g_latest.pth'
+    assert inference[inference.index('--steps') + 1] == '10'
+    with pytest.raises(SystemExit, match=r'usage: python scripts/demo.py \[--irsde\]'):
+        demo.main(['--irsd'])
