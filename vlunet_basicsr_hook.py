@@ -78,9 +78,9 @@ class _ThenImportVLUNet:
                               'installation, or set VLUNET_NO_BASICSR_HOOK=1 to use basicsr without vlunet.') from error
         if getattr(vlunet, '__file__', None) is None:
             _report_uncaught_in_one_line(CloneFolderError)
-            raise CloneFolderError(f"vlunet_basicsr_hook: 'vlunet' is the folder {', '.join(vlunet.__path__)} (the clone of "
-                              'the repository?), not the vlunet package, so nothing is registered: run Python from '
-                              'another folder than the one that contains the clone.')
+            raise CloneFolderError(f"vlunet_basicsr_hook: 'vlunet' is the folder {', '.join(vlunet.__path__)} (the "
+                                   'clone of the repository?), not the vlunet package, so nothing is registered: run '
+                                   'Python from another folder than the one that contains the clone.')
 
 
 class BasicSRImportHook:

@@ -5,6 +5,7 @@
 import os
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from basicsr.archs import build_network
@@ -67,6 +68,10 @@ def test_a_training_checkpoint_restores_with_its_weight_file_alone(tmp_path, mon
     status = load_script('inference').main(['photo.png', '--net-weights', checkpoint_path, '-o', 'out'])
     assert status == 0
     np.testing.assert_allclose(load_image('out/photo.png'), carried.restore(load_image('photo.png')), atol=1 / 255)
+    os.remove(tmp_path / 'daclip.pth')  # moved away: the message names the file and the flags
+    with pytest.raises(FileNotFoundError, match=r'trained with the degradation-encoder weights .*daclip\.pth, which do '
+                                                r'not exist here: give them with --clip-weights'):
+        Restorer.from_weights_file(checkpoint_path)
 
 
 def test_net_weights_replace_the_missing_weights_of_a_training_option_file(tmp_path, monkeypatch):

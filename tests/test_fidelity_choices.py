@@ -95,8 +95,8 @@ def test_irsde_files_attribute_the_ema_to_us_and_state_the_validation_crops():
     train_path = osp.join(REPO_ROOT, 'options', 'daclip', 'train_irsde_universal.yml')
     with open(train_path, encoding='utf-8') as f:
         train_text = f.read()
-    val = yaml.safe_load(train_text)['val']
-    assert yaml.safe_load(train_text)['datasets']['val']['gt_size'] == 256 and val['metrics']['psnr']['crop_border'] == 4
+    train = yaml.safe_load(train_text)
+    assert train['datasets']['val']['gt_size'] == 256 and train['val']['metrics']['psnr']['crop_border'] == 4
     assert 'validation restores centre 256x256 crops (PSNR/SSIM without a 4-pixel border)' in train_text
 
 

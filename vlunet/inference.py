@@ -292,6 +292,11 @@ class Restorer:
                         encoder_options=carried.get('degradation_encoder'),
                         clip_weights=carried.get('path', {}).get(WEIGHTS_KEY), sde=carried.get('sde'))
         settings.update(overrides)
+        if settings['clip_weights'] and not osp.isfile(settings['clip_weights']):
+            raise FileNotFoundError(f'{net_weights} was trained with the degradation-encoder weights '
+                                    f'{settings["clip_weights"]}, which do not exist here: give them with '
+                                    '--clip-weights (Restorer: clip_weights=), or restore without CLIP guidance: '
+                                    '--no-clip.')
         return cls(**settings)
 
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
