@@ -61,12 +61,12 @@ def test_ctrl_c_saves_the_iteration_done_and_auto_resume_continues(tmp_path):
                                           '--auto_resume.'), last
     assert (tmp_path / 'experiments' / 'stop' / 'models' / f'net_g_{stopped}.pth').is_file()
     state = torch.load(tmp_path / 'experiments' / 'stop' / 'training_states' / f'{stopped}.state', weights_only=True)
-    assert state['iter'] == stopped
+    assert state['iter'] == stopped and state['epoch'] == (stopped - 1) // 2  # 2 iterations per epoch
 
     resumed = _train(tmp_path, '--force_yml', f'train:total_iter={stopped + 1}')
     output = resumed.communicate(timeout=120)[0]
     assert resumed.returncode == 0, output[-3000:]
-    assert f'Resuming training from epoch: 0, iter: {stopped}.' in output
+    assert f'Resuming training from epoch: {state["epoch"]}, iter: {stopped}.' in output
     assert f'iter:{" " * (8 - len(str(stopped + 1)))}{stopped + 1},' in output and 'starts anew' not in output
 
 
