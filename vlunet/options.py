@@ -294,9 +294,11 @@ def _missing_clip_files(key: str, section: object) -> List[str]:
         if looks_like_file and not osp.isfile(osp.expanduser(value)):
             errors.append(f'{key}.{name}: file {value!r} does not exist. Fix the path'
                           + (', or give an open_clip tag or ~.' if name == 'pretrained' else '.'))
-    cls = registered(ARCH_REGISTRY, section.get('type'))
-    backbone = inspect.signature(cls).parameters.get('backbone') if cls is not None else None
-    backbone = section.get('backbone', backbone.default if backbone is not None else None)  # open_clip networks
+    try:  # open_clip networks take a backbone (its default, e.g. ViT-B-32, when the section gives none)
+        backbone = inspect.signature(registered(ARCH_REGISTRY, section.get('type'))).parameters.get('backbone')
+    except (TypeError, ValueError):
+        backbone = None
+    backbone = section.get('backbone', backbone.default if backbone is not None else None)
     tag = section.get('pretrained')
     if isinstance(tag, str) and not osp.isfile(osp.expanduser(tag)) and not errors and isinstance(backbone, str):
         problem = pretrained_tag_problem(backbone, tag)  # offline: caught here, not after open_clip's retries

@@ -6,6 +6,7 @@ from typing import Optional
 
 MAX_CANDIDATES = 2000  # files looked at, so a path under a huge folder stays quick
 SEARCH_DEPTH = 2  # folders below the nearest existing one
+OUTPUT_FOLDERS = {'experiments', 'results', 'tb_logger'}  # BasicSR's copies of option files are not suggested
 
 
 def _existing_folder(path: str) -> str:
@@ -22,6 +23,7 @@ def close_file(path: str) -> Optional[str]:
     extension = osp.splitext(path)[1] or '.*'
     candidates = sorted(found for depth in range(SEARCH_DEPTH + 1)
                         for found in glob.glob(osp.join(glob.escape(folder), *['*'] * depth, f'*{extension}')))
+    candidates = [c for c in candidates if not set(osp.relpath(c, folder).split(osp.sep)[:-1]) & OUTPUT_FOLDERS]
     candidates = candidates[:MAX_CANDIDATES]
     names = difflib.get_close_matches(osp.basename(path), [osp.basename(c) for c in candidates], n=1, cutoff=0.8)
     close = [c for c in candidates if names and osp.basename(c) == names[0]]
