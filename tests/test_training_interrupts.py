@@ -103,3 +103,35 @@ def test_ctrl_c_in_testing_is_one_line(entry_in_process, capsys):
     assert stopped.value.code == 130
     assert capsys.readouterr().err.strip() == ('Interrupted; the results tables and images written so far are kept '
                                                '(complete files).')
+
+
+class _RecordingModel:
+    """What the training loop calls on a model: update_learning_rate each iteration, save on a stop."""
+
+    def __init__(self):
+        self.opt = {'path': {'models': 'experiments/x/models', 'training_states': 'experiments/x/training_states'}}
+        self.saved = []
+
+    def update_learning_rate(self, current_iter, warmup_iter=-1):
+        pass
+
+    def save(self, epoch, current_iter):
+        self.saved.append((epoch, current_iter))
+
+
+def test_sigterm_stops_after_the_iteration_in_progress_and_saves_it():
+    from vlunet.utils.training_interrupts import TrainingInterrupted, TrainingStop
+    stop, model = TrainingStop(), _RecordingModel()
+    with pytest.raises(KeyboardInterrupt):
+        stop.handle(signal.SIGTERM, None)  # before the first iteration: at once, nothing to save
+    stop.watch_model(model)
+    model.update_learning_rate(1)
+    model.update_learning_rate(2)
+    stop.handle(signal.SIGTERM, None)
+    stop.epoch = 1
+    with pytest.raises(TrainingInterrupted, match=r'^SIGTERM at iteration 2: saved experiments/x/models/net_g_2\.pth '
+                                                  r'and experiments/x/training_states/2\.state; continue with'):
+        model.update_learning_rate(3)
+    assert model.saved == [(1, 2)]
+    with pytest.raises(KeyboardInterrupt):
+        stop.handle(signal.SIGTERM, None)  # a second signal: at once
