@@ -65,6 +65,7 @@ setup(
         'psutil',        # tile: auto on CPU: available RAM on every OS
         'timm',          # Perceive-IR's DINO-v2 (already a dependency of open_clip_torch)
         'safetensors',   # local .safetensors weight files (already a dependency of timm)
+        'huggingface_hub',  # the option check finds cached open_clip weights (already a dependency of open_clip)
     ],
     extras_require={
         # the export tests run the ONNX path too; the metric packages are small (54 KB + 86 KB wheels); selenium drives

@@ -41,6 +41,23 @@ def install_functional_tensor_alias() -> bool:
     return getattr(sys.modules[FUNCTIONAL_TENSOR], ALIAS_MARK, False)
 
 
+class CloneFolderError(ImportError):
+    """``vlunet`` resolved to the folder of a clone (Python run from the folder that contains it)."""
+
+
+def _report_uncaught_in_one_line(error_type: type) -> None:
+    """An uncaught ``error_type`` prints ``error: <message>`` without a traceback (others: as before)."""
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if issubclass(kind, error_type):
+            print(f'error: {value}', file=sys.stderr)
+        else:
+            previous(kind, value, traceback)
+
+    sys.excepthook = excepthook
+
+
 class _ThenImportVLUNet:
     """Loader of the ``basicsr`` package: alias first, BasicSR's own loader, then ``import vlunet``."""
 
@@ -60,9 +77,10 @@ class _ThenImportVLUNet:
             raise ImportError(f'vlunet_basicsr_hook: importing vlunet after basicsr failed ({error}); fix the vlunet '
                               'installation, or set VLUNET_NO_BASICSR_HOOK=1 to use basicsr without vlunet.') from error
         if getattr(vlunet, '__file__', None) is None:
-            raise ImportError(f"vlunet_basicsr_hook: 'vlunet' is the folder {', '.join(vlunet.__path__)} (the clone of "
-                              'the repository?), not the vlunet package, so nothing is registered: run Python from '
-                              'another folder than the one that contains the clone.')
+            _report_uncaught_in_one_line(CloneFolderError)
+            raise CloneFolderError(f"vlunet_basicsr_hook: 'vlunet' is the folder {', '.join(vlunet.__path__)} (the "
+                                   'clone of the repository?), not the vlunet package, so nothing is registered: run '
+                                   'Python from another folder than the one that contains the clone.')
 
 
 class BasicSRImportHook:

@@ -2,7 +2,8 @@
 
 Usage (from the repository root, after ``pip install -e .``)::
 
-    python scripts/demo.py
+    python scripts/demo.py            # VLU-Net, steps 1-6 below
+    python scripts/demo.py --irsde    # DA-CLIP's IR-SDE instead: data, training, testing, inference (see below)
 
 Steps:
 
@@ -18,25 +19,27 @@ Steps:
    (``results/VLUNet_demo_test/``), printed next to the PSNR of the degraded inputs.
 6. ``scripts/inference.py`` on one validation image (``results/demo_inference/``).
 
+``--irsde``: a tiny IR-SDE (``ConditionalUNet`` guided by a random, seeded DA-CLIP; 20 sampling steps instead of
+100) trained on the 6 DA-CLIP degradations made on the fly from the demo photos
+(``options/demo/train_irsde_demo.yml``), tested (``options/demo/test_irsde_demo.yml``) and used by
+``scripts/inference.py`` with its checkpoint alone and 10 steps. A noise network this small and this briefly
+trained does not restore yet (its sampled outputs are far below the inputs' PSNR): it shows the machinery.
+
 The CLIP backbone is random (not the pretrained ViT-B/32) and its adapters see a few seconds of
 training, so the degradation vectors and detected prompts are far weaker than the paper's: the
 demo shows the machinery working end to end, not the paper's numbers.
 
 CPU threads: unless ``OMP_NUM_THREADS`` is set, the demo uses the CPUs that are idle when it starts
-(the CPUs it may run on minus the 1-minute load average, at least 1; :func:`choose_threads`) and
-says so. OpenMP threads wait for each other at every parallel region, so one thread sharing its
-core with another busy process stalls them all. Measured on 2-core machines: with one core busy,
-training took 11-17 s per iteration with 2 threads and 0.66 s with 1; at a load average of 15-18,
-67 s per iteration with 2 threads and 5.8 s with 1.
+(the CPUs it may run on minus the 1-minute load average, at least 1; :mod:`vlunet.utils.cpu_threads`, the rule
+of every entry point) and says so; every step runs with that count.
 """
 import csv
-import math
 import os
 import os.path as osp
 import subprocess
 import sys
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -49,29 +52,17 @@ from vlunet.data.image_io import read_image  # noqa: E402
 from vlunet.metrics.restoration_metric import calculate_psnr_float_rgb  # noqa: E402
 from vlunet.options import load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_torch_save  # noqa: E402
+from vlunet.utils.cpu_threads import cpu_threads  # noqa: E402
 
 CLIP_OPTIONS = osp.join('options', 'demo', 'train_clip_demo.yml')
 TRAIN_OPTIONS = osp.join('options', 'demo', 'train_demo.yml')
 TEST_OPTIONS = osp.join('options', 'demo', 'test_demo.yml')
 DEMO_DATA = osp.join('datasets', 'demo')
 INFERENCE_OUTPUT = osp.join('results', 'demo_inference')
+IRSDE_TRAIN_OPTIONS = osp.join('options', 'demo', 'train_irsde_demo.yml')
+IRSDE_TEST_OPTIONS = osp.join('options', 'demo', 'test_irsde_demo.yml')
+IRSDE_INFERENCE_OUTPUT = osp.join('results', 'demo_irsde_inference')
 EXAMPLE_SET = 'test_5'  # demo-derain: the inference example is its first degraded image
-
-
-def choose_threads(cpus: int, load: float) -> int:
-    """Threads for ``cpus`` usable CPUs at a 1-minute ``load`` average: the idle CPUs, at least 1, at most ``cpus``."""
-    return max(1, min(cpus, math.floor(cpus - load + 0.5)))
-
-
-def demo_threads() -> Tuple[int, str]:
-    """The demo's CPU thread count and why: ``OMP_NUM_THREADS`` if set, else :func:`choose_threads` of this machine."""
-    if os.environ.get('OMP_NUM_THREADS', '').isdigit() and int(os.environ['OMP_NUM_THREADS']) > 0:
-        return int(os.environ['OMP_NUM_THREADS']), 'from OMP_NUM_THREADS'
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else 0.0
-    threads = choose_threads(cpus, load)
-    return threads, (f'{cpus} CPU(s) usable, 1-minute load average {load:.2f}; set OMP_NUM_THREADS to choose '
-                     'another number')
 
 
 def run_step(title: str, args: List[str], threads: int) -> None:
@@ -113,15 +104,38 @@ def print_comparison(before: Dict[str, float], results_csv: str) -> None:
         print(f'{name:<22}{value:>12.2f}{after[name]:>13.2f}')
 
 
-def main() -> None:
+def irsde_demo(threads: int, start: float) -> None:
+    """The IR-SDE demo (``--irsde``): training, testing and inference with the checkpoint alone."""
+    run_step('2/4 IR-SDE training + validation', [osp.join('vlunet', 'train.py'), '-opt', IRSDE_TRAIN_OPTIONS],
+             threads)
+    run_step('3/4 IR-SDE testing', [osp.join('vlunet', 'test.py'), '-opt', IRSDE_TEST_OPTIONS], threads)
+    train_name, test_name = (load_option_file(path)['name'] for path in (IRSDE_TRAIN_OPTIONS, IRSDE_TEST_OPTIONS))
+    checkpoint = osp.join('experiments', train_name, 'models', 'net_g_latest.pth')
+    example = osp.join(DEMO_DATA, 'val', 'denoise_50', 'lq', sorted(os.listdir(osp.join(DEMO_DATA, 'val',
+                                                                                         'denoise_50', 'lq')))[0])
+    run_step('4/4 IR-SDE inference (the checkpoint alone, 10 steps)', [
+        osp.join('scripts', 'inference.py'), example, '--net-weights', checkpoint, '--steps', '10',
+        '-o', IRSDE_INFERENCE_OUTPUT], threads)
+    print(f'\nIR-SDE demo finished in {time.time() - start:.0f} s ({threads} CPU thread(s)). Outputs:\n'
+          f'  training:        {osp.abspath(osp.join("experiments", train_name))} (models/, log)\n'
+          f'  results table:   {osp.abspath(osp.join("results", test_name, "results.md"))}\n'
+          f'  inference:       {osp.abspath(IRSDE_INFERENCE_OUTPUT)}')
+
+
+def main(argv: List[str] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv not in ([], ['--irsde']):
+        sys.exit('usage: python scripts/demo.py [--irsde]')
     start = time.time()
     os.chdir(REPO_ROOT)
-    threads, reason = demo_threads()
+    threads, reason = cpu_threads()
     torch.set_num_threads(threads)
     print(f'=== demo: {threads} CPU thread(s) ({reason})', flush=True)
     test_opt = load_option_file(TEST_OPTIONS)
     if not osp.isdir(DEMO_DATA):
-        run_step('1/6 demo data', [osp.join('scripts', 'make_demo_data.py')], threads)
+        run_step(f'1/{4 if argv else 6} demo data', [osp.join('scripts', 'make_demo_data.py')], threads)
+    if argv == ['--irsde']:
+        return irsde_demo(threads, start)
     encoder_path = write_demo_encoder(test_opt)
     print(f'=== 2/6 demo degradation encoder (random weights): {encoder_path}')
     run_step('3/6 CLIP adapter fine-tuning', [osp.join('vlunet', 'train.py'), '-opt', CLIP_OPTIONS], threads)

@@ -4,6 +4,8 @@ Usage::
 
     # weights from a test option file (network_g, degradation_encoder, tile, path.pretrain_network_*)
     python scripts/inference.py photos/ -opt options/test_official_5task.yml -o results/inference
+    # a checkpoint of vlunet's training alone (it carries its network, encoder and sde options)
+    python scripts/inference.py photo.jpg --net-weights experiments/NAFNet_DACLIP_demo/models/net_g_latest.pth
     # or from flags (de_dim is read from the weights)
     python scripts/inference.py photo.jpg --net-weights experiments/pretrained_models/5task_vlunet_net.pth \\
         --clip-weights experiments/pretrained_models/5task_vlunet_clip.pth --device cuda --half
@@ -48,6 +50,7 @@ from vlunet.inference import DEFAULT_ENCODER, Restorer, load_image, save_image  
 from vlunet.guidance.degradation_classification import PromptScorer  # noqa: E402
 from vlunet.options import OptionError  # noqa: E402
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point  # noqa: E402
+from vlunet.utils.cpu_threads import use_cpu_threads  # noqa: E402
 from vlunet.tiling.memory_model import parse_memory_size  # noqa: E402
 from vlunet.tiling.tiles import AUTO  # noqa: E402
 
@@ -123,14 +126,17 @@ def _scorer(text: str) -> PromptScorer:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    summary, details = __doc__.split('\n\n', 1)
+    parser = argparse.ArgumentParser(description=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=details)
     parser.add_argument('inputs', nargs='+', help='image files and/or folders')
     parser.add_argument('-o', '--output', default=osp.join('results', 'inference'),
                         help='output folder (default results/inference)')
     parser.add_argument('--suffix', default='', help='appended to output file stems (default none)')
     parser.add_argument('-opt', help='test option file giving the network, encoder, tile and weights')
-    parser.add_argument('--net-weights', help='network weights ({"params": ...}); overrides -opt')
+    parser.add_argument('--net-weights', help='network weights ({"params": ...}); overrides the weights of -opt. A '
+                                              'checkpoint written by vlunet\'s training (experiments/<name>/models/'
+                                              'net_g_*.pth) carries its network and encoder options: it needs no -opt')
     parser.add_argument('--network-json', type=json.loads,
                         help='network_g as JSON, e.g. \'{"type": "VLUNet", "de_dim": 5}\' (default VLUNet, de_dim '
                              'from the weights)')
@@ -315,17 +321,18 @@ def restore_all(restorer: Restorer, jobs: List[Job]) -> Outcome:
         try:
             for job, planned in zip(jobs, pixels):
                 bar.set_postfix_str(osp.basename(job.source))
-                done = bar.n
+                done, failure = bar.n, None
                 plans.clear()
                 try:
                     image, guess = restorer.restore_and_detect(load_image(job.source))
                     save_image(job.output, image)
                 except (ValueError, OSError, RuntimeError, MemoryError) as error:  # bad image, NaN, output, memory
-                    failures.append((job.source, str(error) or type(error).__name__))
-                    tqdm.write(f'FAILED {job.source}: {failures[-1][1]}')
+                    failure = str(error) or type(error).__name__
+                bar.update(max(done + planned - bar.n, 0))  # the plan and the image may disagree (not after Ctrl-C)
+                if failure is not None:
+                    failures.append((job.source, failure))
+                    tqdm.write(f'FAILED {job.source}: {failure}')
                     continue
-                finally:
-                    bar.update(max(done + planned - bar.n, 0))  # the plan and the image may disagree
                 restored += 1
                 detected = f'{guess.prompt!r} ({guess.probabilities[guess.prompt]:.0%})' if guess else 'n/a (no CLIP)'
                 plan = f'{plans[-1]}; ' if plans else ''
@@ -358,10 +365,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         settings = restorer_settings(args)
-        restorer = Restorer.from_option_file(args.opt, **settings) if args.opt else Restorer(**settings)
+        restorer = (Restorer.from_option_file(args.opt, **settings) if args.opt
+                    else Restorer.from_weights_file(**settings))
     except (OptionError, ValueError, OSError, RuntimeError, TypeError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
+    if restorer.device.type == 'cpu':
+        use_cpu_threads()
     if restorer.encoder is not None:
         print(f'Detecting degradations with the {restorer.scorer} scorer '
               f'({"--scorer" if args.scorer else "as the CLIP adapters were trained"}).')

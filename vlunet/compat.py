@@ -46,8 +46,9 @@ vlunet is only used as a library) or, for the per-process distributed fixes, on 
    tree stays the root.
 10. BasicSR's own entry points (7) check nothing before creating folders and let two runs train the
    same experiment. There, as in ``vlunet/train.py``, the options are checked first (with
-   ``--force_yml`` applied; nothing is created when they fail) and a training run holds the
-   experiment lock (``vlunet/utils/experiment_lock.py``) until the process ends.
+   ``--force_yml`` applied; nothing is created when they fail), the CPU thread count is chosen
+   (:mod:`vlunet.utils.cpu_threads`) and a training run holds the experiment lock
+   (``vlunet/utils/experiment_lock.py``) until the process ends.
 11. ``BaseModel.load_network`` relies on torch's default ``weights_only=True``: an unsafe weight file
    is refused, but the error does not name the file. It now does (``UnsafeCheckpointError``).
 """
@@ -241,8 +242,11 @@ _held_locks: list = []  # experiment locks of BasicSR's own entry points, held u
 def _check_and_lock_for_basicsr_entry(root_path: str, is_train: bool) -> None:
     """10. BasicSR's own entry points get what ``vlunet/train.py`` does first: the option check and the lock."""
     from vlunet.entry import check_command_line
+    from vlunet.utils.cpu_threads import use_cpu_threads
     from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
     check_command_line(sys.argv, is_train)  # exits with the problems before anything is created
+    if not torch.cuda.is_available():
+        use_cpu_threads(announce=int(os.environ.get('RANK', 0)) == 0)
     if not is_train:
         return
     try:

@@ -18,7 +18,11 @@ weights) loaded from a BasicSR weight file (``{'params': state_dict}``, what tra
 ``scripts/convert_official_checkpoint.py`` write). The degradation encoder (``encoder_options``,
 default ``{type: DegradationCLIP, backbone: ViT-B-32}``) is built when ``clip_weights`` or
 ``encoder_options`` is given; without it the network runs unguided (the paper's "w/o CLIP").
-:meth:`Restorer.from_option_file` reads all of this from a test option file.
+:meth:`Restorer.from_option_file` reads all of this from a test (or training) option file, and
+:meth:`Restorer.from_weights_file` from a checkpoint written by vlunet's training, which carries its options
+(:mod:`vlunet.models.checkpoint_options`)::
+
+    restorer = Restorer.from_weights_file('experiments/NAFNet_DACLIP_demo/models/net_g_latest.pth')
 
 Images are restored whole when they fit in memory, else in the largest tiles that fit (``tile='auto'``,
 :mod:`vlunet.tiling.tiles`; :meth:`Restorer.tile_plan` says which). The degradation vector d is
@@ -73,6 +77,7 @@ from vlunet.guidance.degradation_encoder import (WEIGHTS_KEY, Guidance, build_de
                                                guidance_inputs, guidance_keywords)
 from vlunet.options import load_option_file
 from vlunet.utils.atomic_write import atomic_imwrite
+from vlunet.models.checkpoint_options import read_carried_options
 from vlunet.models.daclip.irsde_sampler import IRSDERestoration, check_encoder, encode_contexts, is_noise_network
 from vlunet.convert.vlunet_checkpoint import detect_de_dim
 from vlunet.convert.vlunet_release import RELEASE_PACKAGE_URL
@@ -137,7 +142,7 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _network_state(path: str, param_key: str) -> Dict[str, torch.Tensor]:
+def _network_checkpoint(path: str) -> dict:
     if not osp.isfile(path):
         raise FileNotFoundError(f'network weights {path!r} do not exist (train a model, or convert an official '
                                 f'.ckpt from the authors\' package {RELEASE_PACKAGE_URL} with '
@@ -146,6 +151,11 @@ def _network_state(path: str, param_key: str) -> Dict[str, torch.Tensor]:
     if isinstance(checkpoint, dict) and 'state_dict' in checkpoint:
         raise ValueError(f'{path!r} is a Lightning checkpoint; convert it with scripts/convert_official_checkpoint.py '
                          'and use the written <name>_net.pth.')
+    return checkpoint
+
+
+def _network_state(path: str, param_key: str) -> Dict[str, torch.Tensor]:
+    checkpoint = _network_checkpoint(path)
     keys = [param_key] + [key for key in ('params', 'params_ema') if key != param_key]
     state = next((checkpoint[key] for key in keys if isinstance(checkpoint, dict) and key in checkpoint), None)
     if not isinstance(state, dict):
@@ -261,14 +271,32 @@ class Restorer:
         """A Restorer from a (test) option file: ``network_g``, ``degradation_encoder``, ``tile`` and the
         ``path.pretrain_network_*`` weights; keyword ``overrides`` (e.g. ``device``) replace them."""
         opt = load_option_file(path)
-        weights = (opt.get('path') or {}).get('pretrain_network_g')
+        weights = overrides.get('net_weights') or (opt.get('path') or {}).get('pretrain_network_g')
         if not weights:
-            raise ValueError(f'{path}: path.pretrain_network_g is not set (the network weights to restore with).')
-        settings = dict(net_weights=weights, clip_weights=opt['path'].get(WEIGHTS_KEY),
+            raise ValueError(f'{path}: path.pretrain_network_g is not set (the network weights to restore with); set '
+                             'it, or give the weights (--net-weights PATH).')
+        settings = dict(net_weights=weights, clip_weights=(opt.get('path') or {}).get(WEIGHTS_KEY),
                         network_options=opt.get('network_g'), encoder_options=opt.get('degradation_encoder'),
                         device='cpu' if opt.get('num_gpu') == 0 else 'auto', tile=opt.get('tile'),
-                        param_key=opt['path'].get('param_key_g', 'params'), sde=opt.get('sde'))
+                        param_key=(opt.get('path') or {}).get('param_key_g', 'params'), sde=opt.get('sde'))
         settings.update(overrides)
+        return cls(**settings)
+
+    @classmethod
+    def from_weights_file(cls, net_weights: str, **overrides) -> 'Restorer':
+        """A Restorer from a checkpoint alone: the network, encoder and ``sde`` options it carries
+        (:mod:`vlunet.models.checkpoint_options`, written by vlunet's training), else VLUNet with ``de_dim`` read
+        from the weights; keyword ``overrides`` replace them (e.g. ``clip_weights``, ``network_options``)."""
+        carried = read_carried_options(_network_checkpoint(net_weights))
+        settings = dict(net_weights=net_weights, network_options=carried.get('network_g'),
+                        encoder_options=carried.get('degradation_encoder'),
+                        clip_weights=carried.get('path', {}).get(WEIGHTS_KEY), sde=carried.get('sde'))
+        settings.update(overrides)
+        if settings['clip_weights'] and not osp.isfile(settings['clip_weights']):
+            raise FileNotFoundError(f'{net_weights} was trained with the degradation-encoder weights '
+                                    f'{settings["clip_weights"]}, which do not exist here: give them with '
+                                    '--clip-weights (Restorer: clip_weights=), or restore without CLIP guidance: '
+                                    '--no-clip.')
         return cls(**settings)
 
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:

@@ -32,6 +32,9 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from vlunet.archs.degradation_clip_arch import pretrained_tag_problem
+from vlunet.utils.close_paths import close_file
+
 KNOWN_TOP_LEVEL_KEYS = ('name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val',
                         'logger', 'dist_params', 'find_unused_parameters', 'degradation_encoder', 'degradation_prompts',
                         'tile', 'amp', 'compile', 'is_train', 'dist', 'rank', 'world_size', 'auto_resume',
@@ -86,7 +89,9 @@ class OptionError(ValueError):
 def load_option_file(path: str) -> dict:
     """Read a YAML option file the way BasicSR does, with readable errors."""
     if not osp.isfile(path):
-        raise OptionError(f'option file {path!r} does not exist (pass it with -opt PATH).')
+        close = close_file(path)
+        hint = f' Did you mean {close!r}?' if close else ' (pass it with -opt PATH)'
+        raise OptionError(f'option file {path!r} does not exist{"." if close else ""}{hint}')
     with open(path, encoding='utf-8') as f:
         try:
             opt = yaml.load(f, Loader=ordered_yaml()[0])
@@ -289,6 +294,15 @@ def _missing_clip_files(key: str, section: object) -> List[str]:
         if looks_like_file and not osp.isfile(osp.expanduser(value)):
             errors.append(f'{key}.{name}: file {value!r} does not exist. Fix the path'
                           + (', or give an open_clip tag or ~.' if name == 'pretrained' else '.'))
+    try:  # open_clip networks take a backbone (its default, e.g. ViT-B-32, when the section gives none)
+        backbone = inspect.signature(registered(ARCH_REGISTRY, section.get('type'))).parameters.get('backbone')
+    except (TypeError, ValueError):
+        backbone = None
+    backbone = section.get('backbone', backbone.default if backbone is not None else None)
+    tag = section.get('pretrained')
+    if isinstance(tag, str) and not osp.isfile(osp.expanduser(tag)) and not errors and isinstance(backbone, str):
+        problem = pretrained_tag_problem(backbone, tag)  # offline: caught here, not after open_clip's retries
+        errors += [f'{key}.pretrained: {problem.removeprefix("pretrained: ")}'] if problem else []
     return errors
 
 
@@ -461,5 +475,7 @@ def check_option_file(path: str, is_train: bool, force_yml: Optional[Sequence[st
         else:
             warnings.append(message)
     if errors:
-        raise OptionError(f'{path}:\n  ' + '\n  '.join(errors))
+        where = (f' (relative paths are resolved against the current folder, {os.getcwd()})'
+                 if any('does not exist' in error for error in errors) else '')
+        raise OptionError(f'{path}{where}:\n  ' + '\n  '.join(errors))
     return warnings

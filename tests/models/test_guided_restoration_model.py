@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 import vlunet  # noqa: F401
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from vlunet.metrics.restoration_metric import calculate_psnr_float_rgb, calculate_ssim_float_rgb
+from vlunet.models.checkpoint_options import OPTIONS_KEY
 from vlunet.utils.results_table import format_markdown
 from vlunet.tiling.tiles import TileOptions, parse_tile_options, restore, tile_starts
 
@@ -137,7 +138,8 @@ def test_checkpoints_hold_net_g_only_and_no_clip(trained):
     net_keys = set(ARCH_REGISTRY.get('VLUNet')(**{k: v for k, v in TINY_VLUNET.items() if k != 'type'}).state_dict())
     for name in ('net_g_4.pth', 'net_g_8.pth', 'net_g_latest.pth'):
         checkpoint = torch.load(trained / 'models' / name, map_location='cpu', weights_only=True)
-        assert set(checkpoint) == {'params', 'params_ema'}
+        assert set(checkpoint) == {'params', 'params_ema', OPTIONS_KEY}  # options: plain values, no tensors
+        assert checkpoint[OPTIONS_KEY]['network_g']['type'] == 'VLUNet'
         assert set(checkpoint['params']) == net_keys and set(checkpoint['params_ema']) == net_keys
     assert sorted(os.listdir(trained / 'training_states')) == ['4.state', '8.state']
     assert not [f for f in os.listdir(trained / 'models') if f.startswith('.')], 'temporary files left behind'

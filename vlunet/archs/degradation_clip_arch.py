@@ -21,6 +21,7 @@ converted ``{'params': state_dict}`` file, an official ``clip_tuned.pth`` (``lea
 the CLIP part (``model_degradation.*``) of an official Lightning ``.ckpt``; official key names are
 mapped by :func:`official_clip_state_dict` (one implementation, shared with the converter).
 """
+import os
 import os.path as osp
 from typing import Dict, List, Optional
 
@@ -103,6 +104,55 @@ def _download_failure_message(name: str, tag: str, error: Exception) -> str:
             'or $HF_HOME).')
 
 
+def _unknown_tag_message(name: str, tag: str) -> Optional[str]:
+    import open_clip
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    return None if tag in tags else (f'{tag!r} is neither a file nor an open_clip tag of {name} (tags: '
+                                      f'{", ".join(tags) or "none"}).')
+
+
+def _cached_weights(config: dict) -> bool:
+    """Whether open_clip would find the weights of a pretrained ``config`` without downloading them."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import HF_WEIGHTS_NAME
+    model_id, filename = osp.split(config.get('hf_hub', ''))
+    if model_id:
+        names = (filename or HF_WEIGHTS_NAME, 'open_clip_model.safetensors')  # open_clip tries safetensors first
+        return any(isinstance(try_to_load_from_cache(model_id, name), str) for name in names)
+    url = config.get('url', '')
+    return bool(url) and osp.isfile(osp.join(osp.expanduser('~/.cache/clip'), osp.basename(url)))
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlparse
+    if os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes', 'on'):
+        return False
+    try:
+        socket.create_connection((urlparse(url).hostname, 443), timeout=timeout).close()
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def pretrained_tag_problem(name: str, tag: str) -> Optional[str]:
+    """Why open_clip's weights ``name``/``tag`` cannot be loaded here (an unknown tag, or weights neither cached nor
+    downloadable: offline), or None; checked before a run, in seconds, instead of open_clip's download retries."""
+    import open_clip
+    unknown = _unknown_tag_message(name, tag)
+    if unknown:
+        return unknown
+    config = open_clip.get_pretrained_cfg(name, tag)
+    if _cached_weights(config):
+        return None
+    hf_hub = config.get('hf_hub', '')
+    source = (f'{os.environ.get("HF_ENDPOINT", "https://huggingface.co")}/{hf_hub}' if hf_hub
+              else config.get('url', ''))
+    if _reachable(source):
+        return None
+    return _download_failure_message(name, tag, OSError(f'not cached, and {source} cannot be reached: offline?'))
+
+
 def build_backbone(name: str, pretrained: Optional[str]) -> nn.Module:
     """An open_clip model ``name`` with weights from ``pretrained`` (None, tag or local file)."""
     import open_clip
@@ -117,9 +167,9 @@ def build_backbone(name: str, pretrained: Optional[str]) -> nn.Module:
             model = open_clip.create_model(name, pretrained=None)
         model.load_state_dict(state)
         return model
-    if pretrained not in open_clip.list_pretrained_tags_by_model(name):
-        raise ValueError(f'pretrained: {pretrained!r} is neither a file nor an open_clip tag of {name} (tags: '
-                         f'{", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"}).')
+    unknown = _unknown_tag_message(name, pretrained)
+    if unknown:
+        raise ValueError(f'pretrained: {unknown}')
     try:
         return open_clip.create_model(name, pretrained=pretrained)
     except (RuntimeError, OSError) as error:

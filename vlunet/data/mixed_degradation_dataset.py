@@ -14,6 +14,9 @@ Options (``datasets.train`` with ``type: MixedDegradationDataset``)::
     gt_size: 128                # random crop size (both images)
     use_hflip: true             # BasicSR augment: horizontal flip
     use_rot: true               # BasicSR augment: vertical flip + 90° rotation
+    use_vflip: false            # true (with use_rot: false): vertical flip without rotation (flips only)
+    noise_quantize: uint8_truncate  # inputs degraded on the fly stored on 8-bit levels by truncation, as the official
+                                #   training and the noisy test files; uint8_round, or none (keep float)
     official_augment: false     # true: the official augmentation instead (one of 7 non-identity flips/rotations)
     crop_border_base: 16        # crop to a multiple of 16 before the random crop (official crop_img); ~ = off
     small_image: pad            # image smaller than gt_size: pad (reflect) or error
@@ -51,6 +54,7 @@ from basicsr.utils import FileClient, get_root_logger, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from vlunet.data.benchmark_dataset import NOISE_QUANTIZATION, quantize_to_uint8_levels
 from vlunet.data.daclip.daclip_captions import read_captions
 from vlunet.data.image_io import (SMALL_IMAGE_MODES, centre_crop, check_same_size, fit_to_crop,
                                   optional_crop_to_multiple, read_image)
@@ -136,13 +140,17 @@ class MixedDegradationDataset(data.Dataset):
     """A mixture of restoration tasks for all-in-one training (options in the module docstring)."""
 
     required_options = ('tasks',)
-    known_options = ('gt_size', 'use_hflip', 'use_rot', 'official_augment', 'crop_border_base', 'small_image', 'seed',
-                     'fixed_degradations', 'samples_per_epoch', 'io_backend')
+    known_options = ('gt_size', 'use_hflip', 'use_rot', 'use_vflip', 'official_augment', 'crop_border_base',
+                     'small_image', 'seed', 'fixed_degradations', 'samples_per_epoch', 'io_backend', 'noise_quantize')
 
     @staticmethod
     def check_options(opt: dict) -> List[str]:
         """Problems of ``tasks`` found without reading images (run by :mod:`vlunet.options` before a run)."""
         errors = task_problems(opt.get('tasks'))
+        if opt.get('noise_quantize', NOISE_QUANTIZATION[0]) not in NOISE_QUANTIZATION:
+            errors.append(f'noise_quantize: {opt["noise_quantize"]!r}; use one of {", ".join(NOISE_QUANTIZATION)}.')
+        if opt.get('use_vflip') and opt.get('use_rot', True):
+            errors.append('use_vflip: use_rot already flips vertically (with 90° rotations); set use_rot: false.')
         return errors or [e for i, task in enumerate(opt['tasks'])
                           for e in source_problems(f'tasks[{i}].source', task['name'], task['source'])]
 
@@ -211,7 +219,10 @@ class MixedDegradationDataset(data.Dataset):
         if self.opt.get('official_augment', False):
             return official_augment(imgs)
         augmented = augment(imgs, self.opt.get('use_hflip', True), self.opt.get('use_rot', True))
-        return augmented if isinstance(augmented, list) else [augmented]  # BasicSR unwraps a single image
+        augmented = augmented if isinstance(augmented, list) else [augmented]  # BasicSR unwraps a single image
+        if self.opt.get('use_vflip', False) and random.random() < 0.5:
+            augmented = [np.ascontiguousarray(img[::-1]) for img in augmented]
+        return augmented
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -246,7 +257,9 @@ class MixedDegradationDataset(data.Dataset):
             gt = self._prepare(gt, item['gt_path'])
             gt, _ = self._crop(gt, gt, item['gt_path'])
             [gt] = self._augment([gt])
-            lq = apply_degradations(gt, self._degradation_rng(index, task_index, sample_index), source.degradations)
+            lq = quantize_to_uint8_levels(apply_degradations(
+                gt, self._degradation_rng(index, task_index, sample_index), source.degradations),
+                self.opt.get('noise_quantize', NOISE_QUANTIZATION[0]))  # as the test sets' inputs (8-bit files)
         lq_tensor, gt_tensor = img2tensor([lq, gt], bgr2rgb=False, float32=True)
         sample = {'lq': lq_tensor, 'gt': gt_tensor, 'lq_path': item['lq_path'] or item['gt_path'],
                   'gt_path': item['gt_path'], 'task': self.tasks[task_index]['name'], 'task_index': task_index,

@@ -25,6 +25,7 @@ against the encoder, :func:`encode_guidance` computes the embeddings once per im
 ``degradation`` from ``encoder.encode(images) -> (content, degradation)``, DACLIP) and
 :func:`guidance_keywords` gives the network its keywords, repeated for tiles stacked along the batch.
 """
+import contextlib
 import os.path as osp
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -34,9 +35,11 @@ from basicsr.utils import get_root_logger
 from torch import nn
 
 from vlunet.tiling.tiles import repeat_per_tile
+from vlunet.utils.weight_files import seeded_random_weights
 
 WEIGHTS_KEY = 'pretrain_network_degradation_encoder'
 GUIDANCE_INPUTS = ('degradation', 'content')  # keywords a network can declare in its guidance_inputs
+SEEDED_ENCODERS = ('DegradationCLIP', 'DACLIP')  # random weights reproducible (build_degradation_encoder)
 UNDECLARED_GUIDANCE = ('degradation',)  # a network without guidance_inputs may take d (VLUNet: optional)
 Guidance = Dict[str, torch.Tensor]  # {'degradation': d, 'content': c}, each (B, D)
 
@@ -57,10 +60,15 @@ def _load_weights(encoder: nn.Module, path: str) -> None:
 
 def build_degradation_encoder(encoder_opt: Optional[dict], weights_path: Optional[str],
                               device: torch.device) -> Optional[nn.Module]:
-    """The frozen encoder in eval mode on ``device``, or None when ``encoder_opt`` is absent/null."""
+    """The frozen encoder in eval mode on ``device``, or None when ``encoder_opt`` is absent/null.
+
+    The weights of vlunet's CLIP encoders (:data:`SEEDED_ENCODERS`) that no file gives are drawn with a fixed seed
+    (global random state untouched), so a random encoder (an offline demo) is the same in training, testing and
+    inference."""
     if not encoder_opt:
         return None
-    encoder = build_network(encoder_opt)
+    with seeded_random_weights() if encoder_opt.get('type') in SEEDED_ENCODERS else contextlib.nullcontext():
+        encoder = build_network(encoder_opt)
     if not callable(getattr(encoder, 'encode_degradation', None)):
         raise TypeError(f'degradation_encoder.type: {encoder_opt["type"]} has no encode_degradation(images) method.')
     if weights_path:

@@ -56,6 +56,7 @@ from vlunet.guidance.degradation_encoder import WEIGHTS_KEY, build_degradation_e
 from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
 from vlunet.utils.validation_record import ValidationRecord
 from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
+from vlunet.models.checkpoint_options import OPTIONS_KEY, carried_options
 from vlunet.utils.console_log import drop_messages
 from vlunet.utils.precision import autocast, compile_network, make_grad_scaler, parse_amp_options
 from vlunet.utils.results_table import format_markdown, write_results_table
@@ -298,7 +299,8 @@ class GuidedRestorationModel(TrainingStateMixin, SRModel):
 
     @master_only
     def save_network(self, net, net_label: str, current_iter: int, param_key='params') -> None:
-        """BasicSR's checkpoint layout ({param_key: state_dict}), written atomically."""
+        """BasicSR's checkpoint layout ({param_key: state_dict}), written atomically; ``net_g`` checkpoints also carry
+        the options that rebuild the network and its guidance (:mod:`vlunet.models.checkpoint_options`)."""
         nets = net if isinstance(net, list) else [net]
         keys = param_key if isinstance(param_key, list) else [param_key]
         checkpoint = {
@@ -306,6 +308,8 @@ class GuidedRestorationModel(TrainingStateMixin, SRModel):
                   for name, value in self.get_bare_model(net_).state_dict().items()}
             for net_, key in zip(nets, keys)
         }
+        if net_label == 'net_g':
+            checkpoint[OPTIONS_KEY] = carried_options(self.opt)
         label = 'latest' if current_iter == -1 else current_iter
         atomic_torch_save(checkpoint, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 

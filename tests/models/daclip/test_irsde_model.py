@@ -17,6 +17,7 @@ from helpers.context_encoder_stub import StubDAClipEncoder
 import vlunet  # noqa: F401
 from basicsr.utils.registry import MODEL_REGISTRY
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
+from vlunet.models.checkpoint_options import OPTIONS_KEY
 
 TINY_UNET = {'type': 'ConditionalUNet', 'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16}
 ENCODER = {'type': 'StubDAClipEncoder', 'dim': 16}
@@ -228,7 +229,8 @@ def test_training_entry_point_trains_validates_saves_and_resumes(tmp_path):
     assert len(re.findall(r'# psnr: ([0-9.]+)', log)) >= 2
     assert 'Resuming training from epoch' in log and 'iter: 2' in log
     checkpoint = torch.load(experiment / 'models' / 'net_g_4.pth', weights_only=True)
-    assert set(checkpoint) == {'params', 'params_ema'}
+    assert set(checkpoint) == {'params', 'params_ema', OPTIONS_KEY}  # options: plain values, no tensors
+    assert checkpoint[OPTIONS_KEY]['network_g']['type'] == 'ConditionalUNet'
     assert not [k for k in checkpoint['params'] if k.startswith(('content', 'degradation'))]
     ConditionalUNet(**{k: v for k, v in TINY_UNET.items() if k != 'type'}).load_state_dict(checkpoint['params_ema'])
 

@@ -17,6 +17,7 @@ import vlunet  # noqa: F401
 from vlunet.data.perceiveir.perceiveir_restoration_dataset import PerceiveIRRestorationDataset
 from vlunet.losses.perceiveir.perceiveir_perceptual_loss import difficulty_weights
 from vlunet.models.perceiveir.perceiveir_difficulty_probe import DifficultyProbe, psnr_per_image
+from vlunet.models.checkpoint_options import OPTIONS_KEY
 
 SIZE = (40, 44)  # height, width of the generated images
 PROXY_SCALE = 0.5  # proxies are gt * 0.5: a pixel-wise relation that survives identical crops and flips
@@ -302,7 +303,8 @@ def test_checkpoints_hold_the_trainable_network_only_and_training_resumes(traine
     net_keys = set(net.state_dict())
     assert not [k for k in net_keys if 'semantic' in k or 'vit' in k or 'clip' in k or 'vgg' in k]
     checkpoint = torch.load(trained / 'experiments/perceiveir_tiny/models/net_g_6.pth', weights_only=True)
-    assert set(checkpoint) == {'params', 'params_ema'} and set(checkpoint['params']) == net_keys
+    assert set(checkpoint) == {'params', 'params_ema', OPTIONS_KEY} and set(checkpoint['params']) == net_keys
+    assert checkpoint[OPTIONS_KEY]['network_g']['type'] == 'PerceiveIR'  # options: plain values, no tensors
     state = torch.load(trained / 'experiments/perceiveir_tiny/training_states/6.state', weights_only=False)
     assert len(state['optimizers'][0]['state']) == len(list(net.parameters()))  # no DINO, CLIP or VGG tensor
     _train(trained, 7, '--auto_resume')

@@ -13,6 +13,7 @@ Options (``type: QualityTripletDataset``), one of two sources::
     use_hflip: true             # training only: the same horizontal flip of all three (p 0.5)
     small_image: pad            # image smaller than crop_size: pad (reflect) or error
     subset: ~                   # an integer n: only n evenly spaced triplets (e.g. a quick validation set)
+    sampling: task_balanced     # training only: task_balanced (the release) or uniform over the triplets
 
 **Meta-info format.** UTF-8 text, one triplet per line: ``degraded,medium,gt`` — three paths
 relative to ``dataroot`` (or absolute), separated by commas (so paths must not contain commas).
@@ -24,6 +25,14 @@ Blank lines and lines starting with ``#`` are ignored. Example::
 The three images of a triplet must have the same size. In the training phase each sample is a
 random ``crop_size`` crop at the same position in all three (plus the same flip); in ``val`` /
 ``test`` it is the centre crop, unflipped.
+
+**Sampling.** A triplet's task is the first folder of its medium image's path relative to ``dataroot`` (the
+meta-info file's folder; ``scripts/perceiveir_make_medium.py`` writes ``<task>/medium/...``), or relative to
+``dataroot_medium`` for folders (files directly in it: one task). ``task_balanced`` (default, as the release):
+training sample k is a random triplet of task k mod n (n tasks), so every task is seen equally often whatever its
+size (uniform sampling of the 5-task set: dehaze 80 %, denoise 17 %, deblur 2.3 %, low-light 0.5 %, derain
+0.2 %); the epoch keeps its length (the number of triplets). ``uniform``: every triplet once per epoch.
+Validation and testing always go through the triplets in order.
 
 Sample: ``lq`` (degraded), ``medium``, ``gt``: float32 (3, crop_size, crop_size) RGB in [0, 1];
 ``lq_path``, ``medium_path``, ``gt_path``. Images are read from disk (no LMDB).
@@ -37,10 +46,13 @@ from basicsr.utils import FileClient, img2tensor, scandir
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from vlunet.data.daclip.daclip_universal_dataset import BalancedDraws
 from vlunet.data.image_io import SMALL_IMAGE_MODES, centre_crop, check_same_size, fit_to_crop, read_image
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS
 
 IMAGE_KINDS = ('lq', 'medium', 'gt')
+TASK_BALANCED = 'task_balanced'
+SAMPLING_MODES = (TASK_BALANCED, 'uniform')
 FOLDER_KEYS = tuple(f'dataroot_{kind}' for kind in IMAGE_KINDS)
 
 
@@ -87,6 +99,12 @@ def triplets_from_folders(lq_folder: str, medium_folder: str, gt_folder: str) ->
     return triplets
 
 
+def triplet_task(medium_path: str, root: str) -> str:
+    """The task of a triplet: the first folder of its medium image's path under ``root`` ('' directly in it)."""
+    parts = osp.relpath(medium_path, root).replace(osp.sep, '/').split('/')
+    return parts[0] if len(parts) > 1 and parts[0] != '..' else ''
+
+
 def missing_paths(opt: dict) -> List[str]:
     """Problems for a meta-info file or folder of the options that does not exist."""
     problems = []
@@ -103,7 +121,7 @@ class QualityTripletDataset(data.Dataset):
     """(degraded, medium, gt) triplets for the quality prompts (see the module docstring)."""
 
     required_options = ('crop_size',)
-    known_options = ('meta_info_file', 'dataroot', *FOLDER_KEYS, 'use_hflip', 'small_image', 'subset')
+    known_options = ('meta_info_file', 'dataroot', *FOLDER_KEYS, 'use_hflip', 'small_image', 'subset', 'sampling')
 
     @staticmethod
     def check_options(opt: dict) -> List[str]:
@@ -120,6 +138,8 @@ class QualityTripletDataset(data.Dataset):
         subset = opt.get('subset')
         if subset is not None and (not isinstance(subset, int) or isinstance(subset, bool) or subset < 1):
             problems.append(f'subset: {subset!r} must be a positive integer or ~ (all triplets).')
+        if opt.get('sampling', TASK_BALANCED) not in SAMPLING_MODES:
+            problems.append(f'sampling: {opt["sampling"]!r}; use one of {", ".join(SAMPLING_MODES)}.')
         if opt.get('small_image', 'pad') not in SMALL_IMAGE_MODES:
             problems.append(f'small_image: {opt["small_image"]!r}; use one of {", ".join(SMALL_IMAGE_MODES)}.')
         return problems
@@ -139,6 +159,15 @@ class QualityTripletDataset(data.Dataset):
             positions = np.linspace(0, len(self.triplets) - 1, opt['subset']).round().astype(int)
             self.triplets = [self.triplets[i] for i in positions]
         self.is_train = opt.get('phase') == 'train'
+        root = opt.get('dataroot_medium') or opt.get('dataroot') or osp.dirname(osp.abspath(opt.get('meta_info_file')
+                                                                                              or '.'))
+        members: Dict[str, List[int]] = {}
+        for index, triplet in enumerate(self.triplets):
+            members.setdefault(triplet_task(triplet['medium_path'], root), []).append(index)
+        self.task_members = list(members.values())
+        self.task_names = list(members)
+        balanced = self.is_train and opt.get('sampling', TASK_BALANCED) == TASK_BALANCED
+        self.draws = BalancedDraws([len(m) for m in self.task_members], len(self.triplets), True) if balanced else None
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -157,6 +186,9 @@ class QualityTripletDataset(data.Dataset):
         return images
 
     def __getitem__(self, index: int) -> dict:
+        if self.draws is not None:
+            task, member = self.draws[index]
+            index = self.task_members[task][member]
         triplet = self.triplets[index]
         paths = [triplet[f'{kind}_path'] for kind in IMAGE_KINDS]
         images = [read_image(self.file_client, path) for path in paths]
