@@ -12,6 +12,7 @@ from vlunet.options import OptionError, check_option_file
 from vlunet.utils import console_log
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
+from vlunet.utils.safe_load import report_bad_files
 
 VERBOSE_FLAG = '--verbose'
 
@@ -43,20 +44,21 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
     Outputs (``experiments/``, ``results/``, ``tb_logger/``) go under the directory the command is
     run from, also when vlunet is pip-installed: basicsr 1.4.2 puts them under ``root_path``.
     ``--verbose`` also shows the network structure and the option dump on the console (they are always
-    in the log file). Freed CPU memory is kept for reuse (:mod:`vlunet.utils.cpu_memory`). The process
+    in the log file) and the traceback of a bad file (else one line naming it, exit status 1). Freed CPU memory is kept for reuse (:mod:`vlunet.utils.cpu_memory`). The process
     group BasicSR opened is closed at the end (basicsr never does; gloo ranks that exit with it still
     open can abort with SIGABRT at interpreter shutdown).
     """
     keep_freed_memory_in_entry_point()
     sys.argv = compat.normalize_local_rank_argument(sys.argv)
-    console_log.set_verbose(VERBOSE_FLAG in sys.argv)
+    verbose = VERBOSE_FLAG in sys.argv
+    console_log.set_verbose(verbose)
     sys.argv = [arg for arg in sys.argv if arg != VERBOSE_FLAG]  # ours, unknown to BasicSR's parser
     check_command_line(sys.argv, is_train)
     try:  # one training run per experiment (vlunet/utils/experiment_lock.py)
         lock = acquire_training_lock(sys.argv[1:], os.getcwd()) if is_train else contextlib.nullcontext()
     except ExperimentLockedError as err:
         sys.exit(f'error: {err}')
-    with lock:
+    with lock, report_bad_files(verbose):
         pipeline(os.getcwd())
     if distributed.is_available() and distributed.is_initialized():
         distributed.barrier()  # no rank tears the group down while another still uses it
