@@ -107,7 +107,7 @@ def official_clip_state_dict(degradation_state: Dict[str, torch.Tensor]) -> Dict
     return converted
 
 
-def load_official_file(path: str, trusted: bool = False) -> dict:
+def load_official_file(path: str, trusted: bool = False, description: str = 'official checkpoint') -> dict:
     """An official VLU-Net file (or a converted one) on the CPU, unpickled without running code from it.
 
     Official Lightning checkpoints, ``clip_tuned.pth`` and DA-CLIP's checkpoint need only the globals
@@ -119,7 +119,7 @@ def load_official_file(path: str, trusted: bool = False) -> dict:
         UnsafeCheckpointError: the file holds other globals (named in the message).
         ValueError: ``path`` is not a PyTorch file.
     """
-    return safe_torch_load(path, 'official checkpoint', trusted=trusted)
+    return safe_torch_load(path, description, trusted=trusted)
 
 
 def split_official_checkpoint(checkpoint: object, path: str) -> Tuple[Optional[dict], Optional[dict]]:

@@ -199,6 +199,23 @@ def safe_torch_load(path: str, description: str = 'weights file', extra_globals:
         raise _torch_format_error(path, description, error) from error
 
 
+def torch_pickle_record(path: str, description: str) -> bytes:
+    """The pickle record (``*/data.pkl``) of a zip-format torch file, unpickled by nobody; ``b''`` for other files.
+
+    Raises:
+        DamagedFileError: a zip whose record cannot be read (corrupt, truncated).
+    """
+    if not (osp.isfile(path) and zipfile.is_zipfile(path)):
+        return b''
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = [name for name in archive.namelist() if name.endswith('data.pkl')]
+            return archive.read(records[0]) if records else b''
+    except Exception as error:  # noqa: BLE001 -- BadZipFile (bad CRC, truncated), zlib.error, OSError
+        raise DamagedFileError(f'{description} {path} is a zip whose contents cannot be read ({one_line(error, 200)}):'
+                               f' {DAMAGED_FIX}.') from error
+
+
 def load_safetensors(path: str, description: str) -> Dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file; every failure is a :class:`BadFileError` naming ``path``."""
     from safetensors.torch import load_file
@@ -249,16 +266,26 @@ def listed_mismatches(problems: Sequence[str]) -> str:
 
 
 def load_checked_state_dict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str, description: str,
-                            fix: str, strict: bool = True) -> None:
+                            fix: str, strict: bool = True, optional: Tuple[str, ...] = ()) -> None:
     """``net.load_state_dict(state)``; a state dict that does not fit is a :class:`WrongContentsError` naming ``path``
-    with the first mismatches."""
+    with the first mismatches (and the net's own explanation, for nets such as VLUNet that give one).
+
+    ``optional``: key prefixes of ``net`` that ``state`` may lack (e.g. a frozen backbone saved elsewhere).
+    """
     state = require_state_dict(state, path, description, fix)
-    problems = state_dict_mismatches(net.state_dict(), state, strict)
+    problems = [problem for problem in state_dict_mismatches(net.state_dict(), state, strict)
+                if not problem.startswith(tuple(f'missing {prefix}' for prefix in optional))]
     if problems:
+        explained = ''
+        if type(net).load_state_dict is not torch.nn.Module.load_state_dict:  # it checks before loading anything
+            try:
+                net.load_state_dict(state, strict=strict)
+            except Exception as error:  # noqa: BLE001 -- only its explanation is wanted
+                explained = one_line(str(error).partition('Likely cause:')[2], 300)
         raise WrongContentsError(f'{description} {path} does not fit {type(net).__name__} '
-                                 f'({listed_mismatches(problems)}): {fix}.')
+                                 f'({listed_mismatches(problems)}): {explained or fix}.')
     try:
-        net.load_state_dict(state, strict=strict)
+        net.load_state_dict(state, strict=strict and not optional)
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
         raise WrongContentsError(f'{description} {path} does not fit {type(net).__name__} ({one_line(error, 300)}): '
                                  f'{fix}.') from error
