@@ -103,7 +103,7 @@ def check_file(path: str, description: str, fix: str = 'check the path') -> None
     if osp.isdir(path):
         raise WrongKindError(f'{description} {path} is a folder, not a file: give the file itself.')
     if not osp.isfile(path):
-        raise MissingFileError(f'{description} {path} does not exist: {fix}.')
+        raise MissingFileError(f'{description} {path} does not exist; {fix}.')
 
 
 def _looks_like_torch_file(path: str) -> bool:
