@@ -68,7 +68,7 @@ setup(
     ],
     extras_require={
         # the export tests run the ONNX path too; the metric packages are small (54 KB + 86 KB wheels)
-        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity'],
+        'test': ['pytest', 'hypothesis', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity'],
         'export': ['onnx', 'onnxscript', 'onnxruntime'],  # ONNX export (vlunet/utils/export.py, scripts/export.py)
         'metrics': ['lpips', 'torch-fidelity'],  # calculate_lpips, calculate_fid (vlunet/metrics)
     },

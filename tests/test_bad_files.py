@@ -3,6 +3,8 @@
 Each test gives a damaged or wrong file to a loader or a command and asserts the error class (or the exit
 status), that the one line names the file, and that nothing was written.
 """
+import json
+import logging
 import os
 import os.path as osp
 import shutil
@@ -166,3 +168,242 @@ def test_17_a_state_written_by_more_processes_resumes_to_total_iter(experiment):
     result = run_entry('train', ['-opt', 'train.yml', '--auto_resume'], cwd=str(experiment))
     assert result.returncode == 0, result.stderr
     assert '6.state' in os.listdir(experiment / STATES), result.stderr
+
+
+# ------------------------------------------------------------------ converter and loaders (in-process)
+
+def tiny_net_file(path) -> str:
+    from basicsr.utils.registry import ARCH_REGISTRY
+    torch.manual_seed(0)
+    net = ARCH_REGISTRY.get('VLUNet')(**{k: v for k, v in TINY_VLUNET.items() if k != 'type'})
+    torch.save({'params': net.state_dict()}, str(path))
+    return str(path)
+
+
+def corrupt_pickle_record(source: str, target) -> str:
+    """``source`` (a zip-format torch file) with 20 bytes of its data.pkl flipped, written to ``target``."""
+    import zipfile
+    with zipfile.ZipFile(source) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith('data.pkl'))
+    data = bytearray(open(source, 'rb').read())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + 5
+    data[start:start + 20] = bytes(b ^ 0xFF for b in data[start:start + 20])
+    target.write_bytes(bytes(data))
+    return str(target)
+
+
+def converter_error(tmp_path, capsys, src: str) -> str:
+    assert load_script('convert_official_checkpoint').main([src, str(tmp_path / 'out')]) == 1
+    captured = capsys.readouterr()
+    assert not (tmp_path / 'out').exists()
+    return one_error_line(captured.err, src)
+
+
+def test_2_a_zip_with_a_corrupt_member_is_damaged_for_the_converter(tmp_path, capsys):
+    src = corrupt_pickle_record(tiny_net_file(tmp_path / 'good.pth'), tmp_path / '5task_vlunet.ckpt')
+    assert 'damaged or incomplete' in converter_error(tmp_path, capsys, src)
+
+
+def test_3_an_irsde_file_without_final_conv_is_refused_naming_the_key(tmp_path, capsys):
+    src = str(tmp_path / 'universal-ir.pth')
+    torch.save({'init_conv.weight': torch.zeros(8, 6, 7, 7), 'time_mlp.1.weight': torch.zeros(32, 8),
+                'final_res_block.mlp.1.weight': torch.zeros(16, 32)}, src)
+    assert 'final_conv.weight' in converter_error(tmp_path, capsys, src)
+
+
+def test_4_bad_dino_safetensors_are_one_error_naming_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from vlunet.archs.perceiveir.perceiveir_blocks import build_semantic_vit
+    good = str(tmp_path / 'good.safetensors')
+    save_file({'cls_token': torch.zeros(1, 1, 8)}, good)
+    data = open(good, 'rb').read()
+    cases = {'empty': (b'', DamagedFileError), 'truncated': (data[:len(data) - 10], DamagedFileError),
+             'random': (np.random.default_rng(17).bytes(100), WrongKindError)}
+    for name, (contents, error_class) in cases.items():
+        path = tmp_path / f'{name}.safetensors'
+        path.write_bytes(contents)
+        with pytest.raises(error_class, match=f'DINO-v2 weights \\(semantic_pretrained\\) {path}'):
+            build_semantic_vit('vit_small_patch14_dinov2', str(path), 28, {'depth': 1})
+
+
+def test_7_odd_but_valid_torch_files_raise_the_documented_errors(tmp_path, tiny_clip_name):
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    from vlunet.losses.perceiveir_quality_loss import read_prompts_file
+    from vlunet.metrics.lpips_metric import lpips_network
+    listed, mixed, heads = tmp_path / 'list.pth', tmp_path / 'mixed.pth', tmp_path / 'heads.pth'
+    torch.save([torch.zeros(2)], str(listed))
+    torch.save({1: torch.zeros(2), 'a': torch.zeros(2)}, str(mixed))
+    torch.save({f'lin{i}.model.1.weight': torch.zeros(1, 3, 1, 1) for i in range(5)}, str(heads))
+    with pytest.raises(WrongContentsError, match=f'{listed} holds a list'):
+        ARCH_REGISTRY.get('DegradationCLIP')(backbone=tiny_clip_name, pretrained=str(listed))
+    with pytest.raises(WrongContentsError, match=str(mixed)):
+        ARCH_REGISTRY.get('DACLIP')(backbone=tiny_clip_name).load_weights(str(mixed))
+    with pytest.raises(WrongContentsError, match=str(mixed)):
+        read_prompts_file(str(mixed))
+    with pytest.raises(ValueError, match=f'{heads} does not fit LPIPS'):  # the documented ValueError
+        lpips_network('alex', None, str(heads), torch.device('cpu'))
+
+
+def official_daclip_file(model, path: str) -> str:
+    """``model``'s weights under the official DA-CLIP names (the release's file layout)."""
+    renames = (('control_linears.', 'visual_control.transformer.zero_modules.'),
+               ('controller.transformer.', 'visual_control.transformer.transformer.'),
+               ('controller.', 'visual_control.'), ('backbone.', 'clip.'))
+    state = {}
+    for key, value in model.state_dict().items():
+        prefix = next((pair for pair in renames if key.startswith(pair[0])), ('', ''))
+        state[prefix[1] + key[len(prefix[0]):]] = value
+    torch.save({'epoch': 1, 'state_dict': state}, path)
+    return path
+
+
+def test_8_the_daclip_conversion_checks_shapes(tmp_path, capsys, tiny_clip_name):
+    from basicsr.utils.registry import ARCH_REGISTRY
+    model = ARCH_REGISTRY.get('DACLIP')(backbone=tiny_clip_name)
+    with torch.no_grad():
+        model.controller.conv1.weight.data = torch.zeros(model.controller.conv1.weight.shape[0] + 1,
+                                                         *model.controller.conv1.weight.shape[1:])
+    src = official_daclip_file(model, str(tmp_path / 'daclip_ViT-B-32.pt'))
+    line = converter_error(tmp_path, capsys, src)
+    assert 'controller.conv1.weight: [65, 3, 32, 32] instead of [64, 3, 32, 32]' in line
+
+
+def test_9_clean_failures_name_the_file_in_one_line(tmp_path, capsys, tiny_clip_name):
+    script = load_script('inference')
+    image = write_image(str(tmp_path / 'photo.png'), smooth_image(0, 16, 16))
+    net = tiny_net_file(tmp_path / 'net.pth')
+    folder = tmp_path / 'weights'
+    folder.mkdir()
+    adapters = tmp_path / 'adapters.pth'
+    torch.save({'params': {'image_adapter.0.weight': torch.zeros(3)}}, str(adapters))
+    cases = ((['--net-weights', net], net, 'does not fit VLUNet'),  # the default VLUNet is wider
+             (['--net-weights', str(folder)], str(folder), 'is a folder'),
+             (['--net-weights', net, '--network-json', json.dumps(TINY_VLUNET),
+               '--clip-weights', str(adapters), '--clip-backbone', tiny_clip_name, '--prompts', 'a', 'b', 'c'],
+              str(adapters), 'degradation-encoder weights'))
+    for arguments, path, expected in cases:
+        assert script.main([image, '-o', str(tmp_path / 'out'), '--device', 'cpu', *arguments]) == 2
+        line = one_error_line(capsys.readouterr().err, path)
+        assert expected in line and 'official checkpoint' not in line
+    assert not (tmp_path / 'out').exists()
+
+
+# ------------------------------------------------------------------ images
+
+def restore_one(tmp_path, capsys, image: str, *arguments: str):
+    """scripts/inference.py on ``image`` with a tiny VLUNet: (exit status, stdout, stderr)."""
+    code = load_script('inference').main([image, '-o', str(tmp_path / 'out'), '--device', 'cpu', '--no-clip',
+                                          '--net-weights', tiny_net_file(tmp_path / 'net.pth'), '--network-json',
+                                          json.dumps(TINY_VLUNET), *arguments])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def png_declaring(path, width: int, height: int) -> str:
+    """A small PNG file whose header declares ``width`` x ``height`` black pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    compressor, row = zlib.compressobj(9), b'\0' * (1 + 3 * width)
+    pixels = b''.join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0))
+                     + chunk(b'IDAT', pixels) + chunk(b'IEND', b''))
+    return str(path)
+
+
+def test_10_an_image_over_the_memory_budget_is_refused_before_decoding(tmp_path, capsys, monkeypatch):
+    import cv2
+    image = png_declaring(tmp_path / 'huge.png', 4000, 3000)
+    decoded = []
+    monkeypatch.setattr(cv2, 'imdecode', lambda *args: decoded.append(args) or None)
+    code, _, err = restore_one(tmp_path, capsys, image, '--max-memory', '8MB')
+    assert code == 1 and not decoded
+    assert f'{image}: not enough memory to restore a 4000x3000 image' in err
+    assert not (tmp_path / 'out').exists() or not os.listdir(tmp_path / 'out')
+
+
+def test_11_infinite_float_pixels_are_reported_and_0_255_floats_warned(tmp_path, capsys, caplog):
+    import cv2
+
+    from vlunet.inference import load_image
+    holes = np.full((16, 16, 3), 0.5, np.float32)
+    holes[3, 4] = np.inf
+    path = str(tmp_path / 'holes.tif')
+    cv2.imwrite(path, holes)
+    code, _, err = restore_one(tmp_path, capsys, path)
+    assert code == 1 and f'{path}: the input has 3 NaN or infinite values' in err
+    bright = str(tmp_path / 'bright.tif')
+    cv2.imwrite(bright, np.full((8, 8, 3), 200.0, np.float32))
+    logging.getLogger('basicsr').addHandler(caplog.handler)  # BasicSR's logger does not propagate
+    try:
+        load_image(bright)
+    finally:
+        logging.getLogger('basicsr').removeHandler(caplog.handler)
+    assert f"'{bright}': float pixels up to 200, expected 0..1" in caplog.text
+
+
+def test_12_exif_orientation_is_applied_and_said(tmp_path, capsys):
+    from PIL import Image
+
+    from vlunet.inference import load_image
+    photo = Image.fromarray(smooth_image(1, 16, 24)[..., ::-1])  # 24 wide, 16 high as stored
+    exif = photo.getexif()
+    exif[0x0112] = 6  # a phone held upright: shown rotated 90° clockwise
+    path = str(tmp_path / 'phone.jpg')
+    photo.save(path, exif=exif, quality=95)
+    assert load_image(path).shape == (24, 16, 3)
+    stored = np.asarray(Image.open(path), np.float32) / 255
+    assert np.abs(load_image(path) - np.rot90(stored, -1)).max() < 1e-6
+    code, out, _ = restore_one(tmp_path, capsys, path)
+    assert code == 0 and 'turned upright as its EXIF orientation says' in out
+
+
+def test_13_an_empty_image_is_one_line(tmp_path):
+    from vlunet.data.image_io import ImageReadError
+    from vlunet.inference import load_image
+    empty = tmp_path / 'empty.png'
+    empty.write_bytes(b'')
+    with pytest.raises(ImageReadError) as error:
+        load_image(str(empty))
+    assert str(empty) in str(error.value) and '\n' not in str(error.value) and 'empty (0 bytes)' in str(error.value)
+
+
+def test_14_architecture_edges_work_or_are_refused_with_the_rule():
+    from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
+    from vlunet.archs.daclip.nafnet_daclip_arch import NAFNetDACLIP
+    net = NAFNetDACLIP(width=4, enc_blk_nums=(1, 1, 1), dec_blk_nums=(1, 1, 1), context_dim=32).eval()
+    for size in (1, 2, 8):
+        out = net(torch.rand(1, 3, size, size), torch.rand(1, 32), torch.rand(1, 32))
+        assert out.shape == (1, 3, size, size) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match='must be multiples of 32'):
+        ConditionalUNet(nf=8, ch_mult=(1, 1, 2, 2), context_dim=32)
+    with pytest.raises(ValueError, match='nf must be an even number'):
+        ConditionalUNet(nf=7)
+
+
+# ------------------------------------------------------------------ 5, 6. BasicSR's own entry points (the hook)
+
+def test_5_6_basicsr_own_test_entry_point_prints_one_line_and_verbose_the_traceback(experiment):
+    import subprocess
+    import sys
+    weights = random_bytes(experiment / 'net_g.pth', 17)
+    opt = {'name': 'bad', 'model_type': 'VLUNetModel', 'scale': 1, 'num_gpu': 0, 'network_g': TINY_VLUNET,
+           'datasets': {'test_1': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': 'data/gt',
+                                   'dataroot_lq': 'data/lq', 'io_backend': {'type': 'disk'}}},
+           'path': {'pretrain_network_g': 'net_g.pth', 'strict_load_g': True},
+           'val': {'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 0}}}}
+    (experiment / 'test.yml').write_text(yaml.safe_dump(opt, sort_keys=False))
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    for verbose in ([], ['--verbose']):
+        result = subprocess.run([sys.executable, '-m', 'basicsr.test', '-opt', 'test.yml', *verbose],
+                                cwd=str(experiment), env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1
+        if verbose:
+            assert 'Traceback' in result.stderr and 'WrongKindError' in result.stderr
+        else:
+            assert 'path.pretrain_network_g (VLUNet weights) net_g.pth is not a file written by torch.save' in \
+                one_error_line(result.stderr, weights[len(str(experiment)) + 1:])

@@ -98,12 +98,13 @@ def one_line(text: str, limit: int = 600) -> str:
     return flat if len(flat) <= limit else flat[:limit - 3] + '...'
 
 
-def check_file(path: str, description: str, fix: str = 'check the path') -> None:
+def check_file(path: str, description: str, fix: Optional[str] = None) -> None:
     """Raise :class:`MissingFileError` / :class:`WrongKindError` (a folder) unless ``path`` is a file."""
     if osp.isdir(path):
         raise WrongKindError(f'{description} {path} is a folder, not a file: give the file itself.')
     if not osp.isfile(path):
-        raise MissingFileError(f'{description} {path} does not exist; {fix}.')
+        raise MissingFileError(f'{description} {path} does not exist; {fix}.' if fix else
+                               f'{description} not found: {path}; check the path.')
 
 
 def _looks_like_torch_file(path: str) -> bool:
@@ -247,15 +248,24 @@ def require_state_dict(state: object, path: str, description: str, fix: str) -> 
     return state
 
 
-def state_dict_mismatches(expected: Mapping[str, Any], given: Mapping[str, Any], strict: bool = True) -> List[str]:
-    """Shape mismatches, then (``strict``) missing and unexpected keys, between two state dicts (or key -> shape)."""
+def _names(keys: List[str], limit: int = 4) -> str:
+    return ', '.join(keys[:limit]) + (f', ... ({len(keys)} in all)' if len(keys) > limit else '')
+
+
+def state_dict_mismatches(expected: Mapping[str, Any], given: Mapping[str, Any], strict: bool = True,
+                          optional: Tuple[str, ...] = ()) -> List[str]:
+    """Shape mismatches, then (``strict``) the missing and the unexpected keys, between two state dicts (or key ->
+    shape); keys of ``expected`` starting with an ``optional`` prefix may be missing."""
     def shape(value: Any) -> Tuple[int, ...]:
         return tuple(value.shape if isinstance(value, torch.Tensor) else value)
     problems = [f'{key}: {list(shape(given[key]))} instead of {list(shape(value))}'
                 for key, value in expected.items() if key in given and shape(given[key]) != shape(value)]
-    if strict:
-        problems += [f'missing {key}' for key in expected if key not in given]
-        problems += [f'unexpected {key}' for key in given if key not in expected]
+    missing = [key for key in expected if key not in given and not (optional and key.startswith(optional))]
+    unexpected = [key for key in given if key not in expected]
+    if strict and missing:
+        problems.append(f'missing keys {_names(missing)}')
+    if strict and unexpected:
+        problems.append(f'unexpected keys {_names(unexpected)}')
     return problems
 
 
@@ -273,8 +283,7 @@ def load_checked_state_dict(net: torch.nn.Module, state: Mapping[str, torch.Tens
     ``optional``: key prefixes of ``net`` that ``state`` may lack (e.g. a frozen backbone saved elsewhere).
     """
     state = require_state_dict(state, path, description, fix)
-    problems = [problem for problem in state_dict_mismatches(net.state_dict(), state, strict)
-                if not problem.startswith(tuple(f'missing {prefix}' for prefix in optional))]
+    problems = state_dict_mismatches(net.state_dict(), state, strict, optional)
     if problems:
         explained = ''
         if type(net).load_state_dict is not torch.nn.Module.load_state_dict:  # it checks before loading anything

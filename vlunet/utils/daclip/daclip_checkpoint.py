@@ -87,9 +87,9 @@ def daclip_state_dict(checkpoint: object, path: str) -> Dict[str, torch.Tensor]:
         state = checkpoint['params']
         if any(str(k).startswith(('controller.', 'control_linears.')) for k in state):
             return require_state_dict(state, path, 'DA-CLIP checkpoint', DACLIP_FIX)
-    state = require_state_dict(_official_state(checkpoint), path, 'DA-CLIP checkpoint', DACLIP_FIX)
-    if any(k.startswith(ZERO_MODULE_MARKER) for k in state):
-        return official_to_plugin_state_dict(state, path)
+    state = _official_state(checkpoint)
+    if any(isinstance(k, str) and k.startswith(ZERO_MODULE_MARKER) for k in state):
+        return official_to_plugin_state_dict(require_state_dict(state, path, 'DA-CLIP checkpoint', DACLIP_FIX), path)
     raise WrongContentsError(f'DA-CLIP checkpoint {path} is not a DA-CLIP checkpoint: expected the official daclip_*.pt (a "state_dict" with '
                      'visual_control.transformer.zero_modules.* keys), a file converted by '
                      'scripts/convert_official_checkpoint.py or a DACLIPModel checkpoint ("params" with controller.* '
