@@ -17,8 +17,7 @@ from conftest import load_script, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from basicsr.utils.registry import MODEL_REGISTRY
-from vlunet.utils.safe_load import (BadFileError, DamagedFileError, MissingFileError, UnsafeCheckpointError,
-                                    WrongContentsError, WrongKindError, safe_torch_load)
+from vlunet.utils.safe_load import DamagedFileError, WrongContentsError, WrongKindError, safe_torch_load
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 3, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

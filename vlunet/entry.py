@@ -44,7 +44,8 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
     Outputs (``experiments/``, ``results/``, ``tb_logger/``) go under the directory the command is
     run from, also when vlunet is pip-installed: basicsr 1.4.2 puts them under ``root_path``.
     ``--verbose`` also shows the network structure and the option dump on the console (they are always
-    in the log file) and the traceback of a bad file (else one line naming it, exit status 1). Freed CPU memory is kept for reuse (:mod:`vlunet.utils.cpu_memory`). The process
+    in the log file) and the traceback of a bad file (else one line naming it, exit status 1). Freed CPU
+    memory is kept for reuse (:mod:`vlunet.utils.cpu_memory`). The process
     group BasicSR opened is closed at the end (basicsr never does; gloo ranks that exit with it still
     open can abort with SIGABRT at interpreter shutdown).
     """

@@ -52,7 +52,6 @@ to do (:class:`NonFiniteImageError`, :class:`InferenceOutOfMemoryError`), instea
 the allocator's message; under ``tile='auto'`` an image that cannot fit even in the smallest tiles
 raises :class:`~vlunet.utils.tiling.InsufficientMemoryError` before any work.
 """
-import os.path as osp
 from functools import partial
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -148,7 +147,7 @@ def _network_state(path: str, param_key: str, description: str = NETWORK_WEIGHTS
                                   f'{RELEASE_PACKAGE_URL} with scripts/convert_official_checkpoint.py')
     checkpoint = safe_torch_load(path, description)
     if isinstance(checkpoint, dict) and 'state_dict' in checkpoint:
-        raise WrongContentsError(f'{description} {path} is a Lightning checkpoint: convert it with '
+        raise WrongContentsError(f'{description} {path} is a Lightning checkpoint; convert it with '
                                  'scripts/convert_official_checkpoint.py and use the written <name>_net.pth.')
     keys = [param_key] + [key for key in ('params', 'params_ema') if key != param_key]
     state = next((checkpoint[key] for key in keys if isinstance(checkpoint, dict) and key in checkpoint), None)

@@ -154,7 +154,8 @@ def _adapter_state(checkpoint: object, path: str) -> Dict[str, torch.Tensor]:
                        if k.startswith(OFFICIAL_DEGRADATION_PREFIX)}
         if degradation:
             return official_clip_state_dict(degradation)
-    raise WrongContentsError(f'{ADAPTER_WEIGHTS} {path} holds no degradation-encoder weights: expected a converted file ({{"params": ...}}), '
+    raise WrongContentsError(f'{ADAPTER_WEIGHTS} {path} holds no degradation-encoder weights: expected a converted '
+                             'file ({"params": ...}), '
                      'an official clip_tuned.pth ("learnable_params") or an official VLU-Net .ckpt '
                      '("state_dict" with model_degradation.* keys).')
 

@@ -24,7 +24,6 @@ the text tower is then dropped. The frozen CLIP image tower (``image_encoder``, 
 ``requires_grad=False``) encodes I_r exactly as stage 1 did (clamp to [0, 1], bicubic resize to
 224², OpenAI mean/std, L2 normalisation), so gradients flow through it into ``restored`` only.
 """
-import os.path as osp
 from typing import Optional
 
 import torch

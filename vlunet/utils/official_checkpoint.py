@@ -143,7 +143,8 @@ def split_official_checkpoint(checkpoint: object, path: str) -> Tuple[Optional[d
         raise
     except ValueError as error:  # an unknown key of the official CLIP weights
         raise WrongContentsError(f'official checkpoint {path}: {error}; {OFFICIAL_FIX}.') from error
-    raise WrongContentsError(f'official checkpoint {path} is neither an official VLU-Net Lightning checkpoint (a "state_dict" with "net.*" keys) '
+    raise WrongContentsError(f'official checkpoint {path} is neither an official VLU-Net Lightning checkpoint (a '
+                             '"state_dict" with "net.*" keys) '
                      f'nor an official clip_tuned.pth (with "learnable_params")')
 
 

@@ -87,6 +87,10 @@ class WrongContentsError(BadFileError):
     """A readable file holding the wrong things (keys, shapes, value types); the message lists the first mismatches."""
 
 
+class StateDictMismatchError(WrongContentsError, RuntimeError):
+    """A state dict that does not fit its network (a ``RuntimeError`` too, as ``nn.Module.load_state_dict`` raises)."""
+
+
 class UnsafeCheckpointError(BadFileError, pickle.UnpicklingError):
     """A weight or state file that needs code outside the allow-list to be unpickled (a ``ValueError``
     too, so command-line tools report it like any other bad input file)."""
@@ -190,9 +194,10 @@ def safe_torch_load(path: str, description: str = 'weights file', extra_globals:
             raise _torch_format_error(path, description, error) from error
         named = ', '.join(f'GLOBAL {name}' for name in refused)
         raise UnsafeCheckpointError(
-            f'refused to load the {description} {path}: it contains {named}, which unpickling would run as code (weight and state files need none of these). Only if you trust where '
-            'the file comes from: convert an official VLU-Net file with scripts/convert_official_checkpoint.py '
-            '--trust-file, or re-save its tensors yourself (torch.load(path, weights_only=False), then torch.save).'
+            f'refused to load the {description} {path}: it contains {named}, which unpickling would run as code '
+            '(weight and state files need none of these). Only if you trust where the file comes from: convert an '
+            'official VLU-Net file with scripts/convert_official_checkpoint.py --trust-file, or re-save its tensors '
+            'yourself (torch.load(path, weights_only=False), then torch.save).'
         ) from error
     except MemoryError as error:
         raise DamagedFileError(f'{description} {path} declares more data than memory holds: {DAMAGED_FIX}.') from error
@@ -277,8 +282,8 @@ def listed_mismatches(problems: Sequence[str]) -> str:
 
 def load_checked_state_dict(net: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str, description: str,
                             fix: str, strict: bool = True, optional: Tuple[str, ...] = ()) -> None:
-    """``net.load_state_dict(state)``; a state dict that does not fit is a :class:`WrongContentsError` naming ``path``
-    with the first mismatches (and the net's own explanation, for nets such as VLUNet that give one).
+    """``net.load_state_dict(state)``; a state dict that does not fit is a :class:`StateDictMismatchError` naming
+    ``path`` with the first mismatches (and the net's own explanation, for nets such as VLUNet that give one).
 
     ``optional``: key prefixes of ``net`` that ``state`` may lack (e.g. a frozen backbone saved elsewhere).
     """
@@ -291,13 +296,13 @@ def load_checked_state_dict(net: torch.nn.Module, state: Mapping[str, torch.Tens
                 net.load_state_dict(state, strict=strict)
             except Exception as error:  # noqa: BLE001 -- only its explanation is wanted
                 explained = one_line(str(error).partition('Likely cause:')[2], 300)
-        raise WrongContentsError(f'{description} {path} does not fit {type(net).__name__} '
-                                 f'({listed_mismatches(problems)}): {explained or fix}.')
+        raise StateDictMismatchError(f'{description} {path} does not fit {type(net).__name__} '
+                                     f'({listed_mismatches(problems)}): {explained or fix}.')
     try:
         net.load_state_dict(state, strict=strict and not optional)
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
-        raise WrongContentsError(f'{description} {path} does not fit {type(net).__name__} ({one_line(error, 300)}): '
-                                 f'{fix}.') from error
+        raise StateDictMismatchError(f'{description} {path} does not fit {type(net).__name__} '
+                                     f'({one_line(error, 300)}): {fix}.') from error
 
 
 def is_verbose(argv: Optional[Sequence[str]] = None) -> bool:
@@ -309,11 +314,15 @@ def is_verbose(argv: Optional[Sequence[str]] = None) -> bool:
 def report_bad_files(verbose: Optional[bool] = None) -> Iterator[None]:
     """Turn a :class:`BadFileError` raised inside into ``error: <its line>`` on stderr and exit status 1.
 
-    ``verbose`` (default: ``--verbose`` on the command line) lets the exception through, with its traceback.
+    ``verbose`` lets the exception through, with its traceback. None (scripts: ``with report_bad_files():
+    main()``): ``--verbose`` on the command line, which is then taken off ``sys.argv`` for the script's parser.
     """
+    if verbose is None:
+        verbose = is_verbose()
+        sys.argv = [arg for arg in sys.argv if arg != '--verbose']
     try:
         yield
     except BadFileError as error:
-        if is_verbose() if verbose is None else verbose:
+        if verbose:
             raise
         sys.exit(f'error: {one_line(error, 2000)}')

@@ -234,6 +234,7 @@ class DACLIP(nn.Module):
         state = daclip_state_dict(checkpoint, path)
         has_backbone = any(k.startswith(BACKBONE_PREFIX) for k in state)
         load_checked_state_dict(self, state, path, 'DA-CLIP checkpoint',
-                                f'check the backbone option ({self.backbone_name})', optional=() if has_backbone else (BACKBONE_PREFIX,))
+                                f'check the backbone option ({self.backbone_name})',
+                                optional=() if has_backbone else (BACKBONE_PREFIX,))
         return 'backbone, controller, zero linears and temperature' if has_backbone else \
             'controller, zero linears and temperature'

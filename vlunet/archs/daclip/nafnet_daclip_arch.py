@@ -232,8 +232,8 @@ class NAFNetDACLIP(nn.Module):
         context = None if content is None else content.unsqueeze(1)  # one token (B, 1, context_dim)
 
         image = pad_to_multiple(x, 2 ** self.levels)
-        if context is not None and self.middle_channels == HEAD_CHANNELS and image.shape[-2:] == (2 ** self.levels,) * 2:
-            # the middle GroupNorm(32) of 32 channels needs 2 values per group: a 2x1 middle, not 1x1 (images ≤ 2^levels)
+        if context is not None and self.middle_channels == HEAD_CHANNELS and max(image.shape[-2:]) == 2 ** self.levels:
+            # the middle GroupNorm(32) of 32 channels needs 2 values per group: a 2x1 middle, not 1x1
             image = torch.cat([image, image.flip(-1)], dim=-1)
         features = self.intro(image)
         skips = []

@@ -90,7 +90,8 @@ def daclip_state_dict(checkpoint: object, path: str) -> Dict[str, torch.Tensor]:
     state = _official_state(checkpoint)
     if any(isinstance(k, str) and k.startswith(ZERO_MODULE_MARKER) for k in state):
         return official_to_plugin_state_dict(require_state_dict(state, path, 'DA-CLIP checkpoint', DACLIP_FIX), path)
-    raise WrongContentsError(f'DA-CLIP checkpoint {path} is not a DA-CLIP checkpoint: expected the official daclip_*.pt (a "state_dict" with '
+    raise WrongContentsError(f'DA-CLIP checkpoint {path} is not a DA-CLIP checkpoint: expected the official '
+                             'daclip_*.pt (a "state_dict" with '
                      'visual_control.transformer.zero_modules.* keys), a file converted by '
                      'scripts/convert_official_checkpoint.py or a DACLIPModel checkpoint ("params" with controller.* '
                      'keys).')

@@ -63,7 +63,8 @@ def _load_features(features: nn.Sequential, path: str, option: str) -> None:
     missing = [key for key in needed if key not in found]
     wrong = [key for key in needed if key in found and getattr(found[key], 'shape', None) != needed[key].shape]
     if missing or wrong:
-        raise WrongContentsError(f'{option}: {path} is not a VGG-16 state dict ({VGG16_WEIGHTS_FILE}, {VGG16_WEIGHTS_URL}): '
+        raise WrongContentsError(f'{option}: {path} is not a VGG-16 state dict ({VGG16_WEIGHTS_FILE}, '
+                                 f'{VGG16_WEIGHTS_URL}): '
                          f'missing {[FEATURES_PREFIX + k for k in missing][:4]}, wrong shapes '
                          f'{[FEATURES_PREFIX + k for k in wrong][:4]}.')
     features.load_state_dict({key: found[key] for key in needed})
