@@ -257,6 +257,11 @@ def _weights_hint(path: str, commands: Dict[str, str], key: str) -> str:
     return ' Fix the path, or set it to ~.'
 
 
+def _is_missing(path: str) -> str:
+    """Why ``path`` is no file: 'does not exist', or it is a folder."""
+    return 'is a folder, not a file' if osp.isdir(osp.expanduser(path)) else 'does not exist'
+
+
 def _missing_weights(opt: dict, resuming: bool, auto_resume: bool) -> List[str]:
     """``path.pretrain_network_*`` and ``path.resume_state`` files that do not exist.
 
@@ -265,7 +270,7 @@ def _missing_weights(opt: dict, resuming: bool, auto_resume: bool) -> List[str]:
     commands: Dict[str, str] = {}
     state = (opt.get('path') or {}).get('resume_state')
     errors = [] if auto_resume or not isinstance(state, str) or osp.isfile(osp.expanduser(state)) else [
-        f'path.resume_state: {state!r} does not exist. Training states are experiments/<name>/training_states/'
+        f'path.resume_state: {state!r} {_is_missing(state)}. Training states are experiments/<name>/training_states/'
         '<iter>.state; --auto_resume finds the newest.']
     for name, value in (opt.get('path') or {}).items():
         if not name.startswith('pretrain_network_') or not isinstance(value, str):
@@ -274,7 +279,7 @@ def _missing_weights(opt: dict, resuming: bool, auto_resume: bool) -> List[str]:
             continue  # BasicSR's check_resume loads models/net_<x>_<iter>.pth instead
         if not osp.isfile(osp.expanduser(value)):
             key = f'path.{name}'
-            errors.append(f'{key}: weight file {value!r} does not exist.{_weights_hint(value, commands, key)}')
+            errors.append(f'{key}: weight file {value!r} {_is_missing(value)}.{_weights_hint(value, commands, key)}')
     return errors
 
 
