@@ -112,18 +112,18 @@ def _patch_load_resume_state() -> None:
     from vlunet.utils import resume_state as resume
     resumed = {}
 
+    def warn(message: str) -> None:
+        resume.print_warning(message)
+        _report_in_log(message)
+
     def load_resume_state(opt: dict):
         opt['root_path'] = _output_root(opt['root_path'])  # 9: train_pipeline has just set it (tb_logger/)
-        if torch.cuda.is_available():
-            map_location = f'cuda:{torch.cuda.current_device()}'
-        else:
-            map_location = 'cpu'
-        state = resume.load_resume_state(opt, map_location, lambda message: (resume.print_warning(message),
-                                                                             _report_in_log(message)))
+        map_location = f'cuda:{torch.cuda.current_device()}' if torch.cuda.is_available() else 'cpu'
+        state = resume.load_resume_state(opt, map_location, warn)
         if state is not None:
-            if map_location == 'cpu' and (opt['auto_resume'] or opt['path'].get('resume_state')):
-                _LOGGER.info('vlunet.compat: CUDA is unavailable, loading the resume state %s on the CPU.',
-                             opt['path']['resume_state'])
+            if map_location == 'cpu':
+                _report_in_log(f'vlunet.compat: CUDA is unavailable, the resume state {opt["path"]["resume_state"]} '
+                               'was loaded on the CPU.')
             check_resume(opt, state['iter'])
         resumed['state'] = state
         return state
@@ -133,8 +133,8 @@ def _patch_load_resume_state() -> None:
         epochs = resume.epochs_to_total_iter(total_epochs, len(train_loader) if train_loader else 0,
                                              resumed.get('state'), total_iters)
         if epochs != total_epochs:
-            logger.info(f'vlunet.compat: the resume state was written with another number of processes; '
-                        f'{epochs} epochs (not {total_epochs}) reach train.total_iter {total_iters}.')
+            logger.info(f'vlunet.compat: the resume state was written with another number of processes (or dataset '
+                        f'size); {epochs} epochs (not {total_epochs}) reach train.total_iter {total_iters}.')
         return train_loader, sampler, val_loaders, epochs, total_iters
 
     from basicsr.utils.misc import check_resume
