@@ -70,7 +70,7 @@ setup(
     extras_require={
         # the export tests run the ONNX path too; the metric packages are small (54 KB + 86 KB wheels); selenium drives
         # the system's Chromium in the comparison report's browser test (skipped without it)
-        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity', 'selenium'],
+        'test': ['pytest', 'hypothesis', 'onnx', 'onnxscript', 'onnxruntime', 'lpips', 'torch-fidelity', 'selenium'],
         'export': ['onnx', 'onnxscript', 'onnxruntime'],  # ONNX export (vlunet/export.py, scripts/export.py)
         'metrics': ['lpips', 'torch-fidelity'],  # calculate_lpips, calculate_fid (vlunet/metrics)
         'app': ['gradio>=6'],  # vlunet-compare-app (vlunet/compare/app.py): upload, image slider, gallery, HTTP client

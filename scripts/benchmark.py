@@ -61,7 +61,7 @@ from vlunet.utils.peak_memory import reset_peak_rss, rss_bytes
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import freed_memory_kept, keep_freed_memory_in_entry_point
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.inference import load_network_weights
 from vlunet.tiling.tiles import TileOptions, restore
 
 TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests', 'helpers')
@@ -103,8 +103,7 @@ def build_ours(net_opt: dict, weights: Optional[str], device: torch.device) -> n
         if not osp.isfile(weights):
             raise OptionError(f'--weights {weights!r} does not exist; convert an official checkpoint with '
                               'scripts/convert_official_checkpoint.py.')
-        checkpoint = safe_torch_load(weights, 'network weights (--weights)')
-        net.load_state_dict(checkpoint.get('params', checkpoint) if isinstance(checkpoint, dict) else checkpoint)
+        load_network_weights(net, weights, 'network weights (--weights)')
     return net.to(device).eval()
 
 

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from vlunet.guidance.degradation_classification import format_accuracy_table, write_heatmap  # noqa: E402
 from vlunet.options import OptionError, load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
+from vlunet.utils.safe_load import report_bad_files  # noqa: E402
 
 
 def report_options(opt: dict, weights: str, device: str) -> dict:
@@ -85,4 +86,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-    main()
+    with report_bad_files():  # a bad weight file: one line (--verbose: the traceback)
+        main()

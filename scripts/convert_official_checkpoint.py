@@ -26,6 +26,7 @@ from vlunet.convert.daclip_checkpoint import convert_daclip_checkpoint, is_dacli
 from vlunet.convert.irsde_checkpoint import convert_irsde_checkpoint, is_irsde_unet_file
 from vlunet.convert.vlunet_checkpoint import convert_official_checkpoint
 from vlunet.convert.vlunet_release import missing_file_message, verify_official_file
+from vlunet.utils.safe_load import BadFileError
 
 
 def main(argv=None) -> int:
@@ -37,6 +38,14 @@ def main(argv=None) -> int:
                              'file; only for a file whose origin you trust that is refused without it')
     parser.add_argument('--verify-only', action='store_true', help='check SRC (size, keys, de_dim, SHA-256) and stop')
     args = parser.parse_args(argv)
+    try:
+        return _convert(args)
+    except BadFileError as error:  # a damaged or wrong file found while probing its kind
+        print(f'error: {error}', file=sys.stderr)
+        return 1
+
+
+def _convert(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.src):
         print(f'error: {missing_file_message(args.src)}', file=sys.stderr)
         return 1

@@ -42,9 +42,9 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import vlunet  # noqa: F401,E402  (BasicSR compatibility fixes first)
-from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from vlunet.data.image_io import exif_orientation, image_header_size  # noqa: E402
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS  # noqa: E402
 from vlunet.inference import DEFAULT_ENCODER, Restorer, load_image, save_image  # noqa: E402
 from vlunet.guidance.degradation_classification import PromptScorer  # noqa: E402
@@ -287,20 +287,17 @@ def list_jobs(inputs: List[str], output: str, suffix: str) -> Tuple[List[Job], L
     return jobs, problems
 
 
-def _image_size(path: str) -> Optional[Tuple[int, int]]:
-    """(height, width) from the file's header, or None when it cannot be read (the image fails later, with why)."""
-    try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+def is_rotated_by_exif(path: str) -> bool:
+    """Whether reading ``path`` turns it (an EXIF orientation other than upright)."""
+    with open(path, 'rb') as file:
+        return exif_orientation(file.read()) != 1
 
 
 def planned_pixels(restorer: Restorer, jobs: List[Job]) -> List[int]:
     """Pixels the network will restore for each job (tiles x tile area), 0 for images that cannot be planned."""
     pixels = []
     for job in jobs:
-        size = _image_size(job.source)
+        size = image_header_size(job.source)
         try:
             pixels.append(restorer.tile_plan(*size).pixels if size else 0)
         except ValueError:  # e.g. InsufficientMemoryError: reported when the image's turn comes
@@ -324,6 +321,9 @@ def restore_all(restorer: Restorer, jobs: List[Job]) -> Outcome:
                 done, failure = bar.n, None
                 plans.clear()
                 try:
+                    size = image_header_size(job.source)
+                    if size:
+                        restorer.tile_plan(*size)  # an image over the memory budget is refused before it is decoded
                     image, guess = restorer.restore_and_detect(load_image(job.source))
                     save_image(job.output, image)
                 except (ValueError, OSError, RuntimeError, MemoryError) as error:  # bad image, NaN, output, memory
@@ -336,6 +336,7 @@ def restore_all(restorer: Restorer, jobs: List[Job]) -> Outcome:
                 restored += 1
                 detected = f'{guess.prompt!r} ({guess.probabilities[guess.prompt]:.0%})' if guess else 'n/a (no CLIP)'
                 plan = f'{plans[-1]}; ' if plans else ''
+                plan += 'turned upright as its EXIF orientation says; ' if is_rotated_by_exif(job.source) else ''
                 tqdm.write(f'{job.source}: {plan}detected {detected} -> {job.output}')
         except KeyboardInterrupt:
             return Outcome(failures, restored, interrupted=True)

@@ -44,6 +44,7 @@ from vlunet.data.synthetic_degradations import apply_degradations  # noqa: E402
 from vlunet.inference import build_restoration_network, load_image, resolve_device, save_image  # noqa: E402
 from vlunet.options import load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
+from vlunet.utils.safe_load import report_bad_files  # noqa: E402
 from vlunet.tiling.tiles import parse_tile_options, restore  # noqa: E402
 
 META_INFO = 'meta_info.txt'
@@ -158,4 +159,5 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    with report_bad_files():  # a bad weight file: one line (--verbose: the traceback)
+        main()

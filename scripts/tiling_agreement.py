@@ -26,7 +26,8 @@ import torch.nn.functional as F
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
 from basicsr.archs import build_network
 from vlunet.utils.atomic_write import atomic_write_text
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.inference import load_network_weights
+from vlunet.utils.safe_load import BadFileError
 from vlunet.tiling.tiles import BLENDS, restore_tiled, run_padded
 
 SEED = 0
@@ -63,7 +64,7 @@ def build_net(arch: dict, weights: Optional[str]) -> torch.nn.Module:
     torch.manual_seed(SEED)
     net = build_network({'type': 'VLUNet', **arch})
     if weights:
-        net.load_state_dict(safe_torch_load(weights, map_location='cpu')['params'])
+        load_network_weights(net, weights, 'network weights (--weights)')
     return net.eval()
 
 
@@ -127,7 +128,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = measure(json.loads(args.arch_json), args.weights, args.height, args.width, args.sizes, args.overlaps)
+    try:
+        results = measure(json.loads(args.arch_json), args.weights, args.height, args.width, args.sizes, args.overlaps)
+    except BadFileError as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 1
     print(markdown(results))
     if args.json:
         atomic_write_text(json.dumps(results, indent=2) + '\n', args.json)

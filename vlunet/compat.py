@@ -12,8 +12,9 @@ vlunet is only used as a library) or, for the per-process distributed fixes, on 
    (:func:`vlunet_basicsr_hook.install_functional_tensor_alias`; the hook installs it too, before
    BasicSR's own entry points import basicsr).
 2. ``basicsr.train.load_resume_state`` maps the resume state to CUDA, which crashes without a GPU.
-   Without CUDA we load it onto the CPU with ``safe_torch_load`` (never runs code from the file);
-   with CUDA BasicSR's function runs unchanged (torch's default ``weights_only=True`` load).
+   We load it with :mod:`vlunet.utils.resume_state` (``safe_torch_load``: never runs code from the file;
+   checked contents; ``--auto_resume`` falls back to the previous good state when the newest is damaged)
+   onto the current CUDA device, or the CPU without CUDA.
 3. ``basicsr.utils.dist_util._init_dist_pytorch`` always uses NCCL and calls
    ``torch.cuda.set_device(RANK % device_count)`` (ZeroDivisionError without GPUs, and the wrong
    GPU on the second node). We use gloo when CUDA is unavailable and ``LOCAL_RANK`` for the device.
@@ -49,8 +50,12 @@ vlunet is only used as a library) or, for the per-process distributed fixes, on 
    ``--force_yml`` applied; nothing is created when they fail), the CPU thread count is chosen
    (:mod:`vlunet.utils.cpu_threads`) and a training run holds the experiment lock
    (``vlunet/utils/experiment_lock.py``) until the process ends.
-11. ``BaseModel.load_network`` relies on torch's default ``weights_only=True``: an unsafe weight file
-   is refused, but the error does not name the file. It now does (``UnsafeCheckpointError``).
+11. ``BaseModel.load_network`` relies on torch's default ``weights_only=True``: a bad weight file raises
+   whatever torch raises, without naming the file. It now reads through ``safe_torch_load``: one
+   ``BadFileError`` naming the file and its ``path.*`` option. ``resume_training`` first checks the
+   optimiser states against the network (a wrong shape would crash the first step).
+12. BasicSR counts epochs per process: a state written by 2 processes and resumed in one ended training
+   at once ("End of training" after 0 iterations). The epoch count now reaches ``total_iter``.
 """
 import inspect
 import logging
@@ -100,43 +105,43 @@ def _install_functional_tensor_alias() -> None:
                        'imported by basicsr 1.4.2) is an alias of torchvision.transforms.functional.')
 
 
-def _load_resume_state_on_cpu(opt: dict):
-    """BasicSR's ``load_resume_state`` on the CPU through ``safe_torch_load``, used only without CUDA."""
-    from basicsr.utils import scandir
-    from basicsr.utils.misc import check_resume
-
-    from vlunet.utils.safe_load import safe_torch_load
-
-    resume_state_path = None
-    if opt['auto_resume']:
-        state_dir = osp.join('experiments', opt['name'], 'training_states')
-        iters = [int(name[:-len('.state')]) for name in scandir(state_dir, suffix='.state')] if osp.isdir(
-            state_dir) else []
-        if iters:
-            resume_state_path = osp.join(state_dir, f'{max(iters)}.state')
-            opt['path']['resume_state'] = resume_state_path
-    else:
-        resume_state_path = opt['path'].get('resume_state')
-    if not resume_state_path:
-        return None
-    _LOGGER.info('vlunet.compat: CUDA is unavailable, loading the resume state %s on the CPU.',
-                 resume_state_path)
-    resume_state = safe_torch_load(resume_state_path, 'resume state')
-    check_resume(opt, resume_state['iter'])
-    return resume_state
-
-
 def _patch_load_resume_state() -> None:
+    """2. Resume states through :mod:`vlunet.utils.resume_state` (safe, checked, auto-resume fallback), on the CPU
+    without CUDA; 12. epochs reach ``total_iter`` whatever the world size the state was written with."""
     import basicsr.train
-    original = basicsr.train.load_resume_state
+
+    from vlunet.utils import resume_state as resume
+    resumed = {}
+
+    def warn(message: str) -> None:
+        resume.print_warning(message)
+        _report_in_log(message)
 
     def load_resume_state(opt: dict):
         opt['root_path'] = _output_root(opt['root_path'])  # 9: train_pipeline has just set it (tb_logger/)
-        if torch.cuda.is_available():
-            return original(opt)
-        return _load_resume_state_on_cpu(opt)
+        map_location = f'cuda:{torch.cuda.current_device()}' if torch.cuda.is_available() else 'cpu'
+        state = resume.load_resume_state(opt, map_location, warn)
+        if state is not None:
+            if map_location == 'cpu':
+                _report_in_log(f'vlunet.compat: CUDA is unavailable, the resume state {opt["path"]["resume_state"]} '
+                               'was loaded on the CPU.')
+            check_resume(opt, state['iter'])
+        resumed['state'] = state
+        return state
 
+    def create_train_val_dataloader(opt: dict, logger):
+        train_loader, sampler, val_loaders, total_epochs, total_iters = original_loaders(opt, logger)
+        epochs = resume.epochs_to_total_iter(total_epochs, len(train_loader) if train_loader else 0,
+                                             resumed.get('state'), total_iters)
+        if epochs != total_epochs:
+            logger.info(f'vlunet.compat: the resume state was written with another number of processes (or dataset '
+                        f'size); {epochs} epochs (not {total_epochs}) reach train.total_iter {total_iters}.')
+        return train_loader, sampler, val_loaders, epochs, total_iters
+
+    from basicsr.utils.misc import check_resume
+    original_loaders = basicsr.train.create_train_val_dataloader
     basicsr.train.load_resume_state = load_resume_state
+    basicsr.train.create_train_val_dataloader = create_train_val_dataloader
 
 
 def _init_dist_pytorch(backend: str = 'nccl', **kwargs) -> None:
@@ -176,26 +181,52 @@ def _patch_model_to_device() -> None:
 
 
 def _patch_load_network() -> None:
-    """11. BasicSR's ``load_network`` refuses unsafe weight files (torch's default ``weights_only=True``)
-    without naming the file; the refusal now names it and what it holds."""
-    import pickle
-
+    """11. BasicSR's ``load_network`` reads through :func:`~vlunet.utils.safe_load.safe_torch_load`: every bad
+    file is one :class:`~vlunet.utils.safe_load.BadFileError` naming the file and its ``path.*`` option; and
+    ``resume_training`` checks the optimiser tensors' shapes first."""
     from basicsr.models.base_model import BaseModel
+    from basicsr.utils import get_root_logger
 
-    from vlunet.utils.safe_load import UnsafeCheckpointError
-    original = BaseModel.load_network
+    from vlunet.utils.resume_state import check_optimizer_shapes
+    from vlunet.utils.safe_load import WrongContentsError, load_checked_state_dict, require_state_dict, \
+        safe_torch_load
+    original_resume = BaseModel.resume_training
 
     def load_network(self, net: torch.nn.Module, load_path: str, strict: bool = True, param_key: str = 'params'):
-        try:
-            return original(self, net, load_path, strict, param_key)
-        except pickle.UnpicklingError as error:
-            refused = str(error).split('GLOBAL ')[-1].split(' ')[0] if 'GLOBAL ' in str(error) else 'unsafe objects'
-            raise UnsafeCheckpointError(
-                f'refused to load the network weights {load_path}: it contains {refused} (GLOBAL {refused}), which '
-                'unpickling would run as code. Weight files need none; re-save the tensors from a trusted copy.') \
-                from error
+        net = self.get_bare_model(net)
+        option = next((f'path.{key}' for key, value in (getattr(self, 'opt', None) or {}).get('path', {}).items()
+                       if value == load_path),
+                      'network weights')
+        description = f'{option} ({type(net).__name__} weights)'
+        fix = (f'give a BasicSR weight file ({{"params": state_dict}}) saved from a {type(net).__name__} built '
+               'with these options')
+        checkpoint = safe_torch_load(load_path, description)
+        if param_key is not None:
+            if not isinstance(checkpoint, dict) or not ({param_key, 'params'} & set(checkpoint)):
+                held = sorted(map(str, checkpoint))[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+                raise WrongContentsError(f'{description} {load_path} has no {param_key!r} entry (it holds {held}): '
+                                         f'{fix}.')
+            param_key = param_key if param_key in checkpoint else 'params'
+            checkpoint = checkpoint[param_key]
+        state = require_state_dict(checkpoint, load_path, description, fix)
+        state = {key[len('module.'):] if key.startswith('module.') else key: value for key, value in state.items()}
+        get_root_logger().info(f'Loading {type(net).__name__} model from {load_path}, with param key: [{param_key}].')
+        self._print_different_keys_loading(net, state, strict)
+        load_checked_state_dict(net, state, load_path, description, fix, strict)
+
+    def resume_training(self, resume_state: dict) -> None:
+        path = self.opt['path'].get('resume_state') or 'resume state'
+        check_optimizer_shapes(self.optimizers, resume_state['optimizers'], path)
+        if len(resume_state['optimizers']) != len(self.optimizers) or \
+                len(resume_state['schedulers']) != len(self.schedulers):
+            raise WrongContentsError(
+                f'resume state {path} holds {len(resume_state["optimizers"])} optimiser(s) and '
+                f'{len(resume_state["schedulers"])} scheduler(s), this training {len(self.optimizers)} and '
+                f'{len(self.schedulers)}: resume with the option file of the training that wrote it.')
+        original_resume(self, resume_state)
 
     BaseModel.load_network = load_network
+    BaseModel.resume_training = resume_training
 
 
 def _patch_console_output() -> None:
@@ -239,9 +270,27 @@ def _adopt_pipeline_fixes_in_main() -> bool:
 _held_locks: list = []  # experiment locks of BasicSR's own entry points, held until the process ends
 
 
+def _report_bad_files_in_one_line(verbose: bool) -> None:
+    """A :class:`~vlunet.utils.safe_load.BadFileError` that ends the process prints one line (``--verbose``: the
+    traceback), as under ``vlunet/train.py``."""
+    from vlunet.utils.safe_load import BadFileError, one_line
+    previous = sys.excepthook
+
+    def excepthook(kind, error, traceback) -> None:
+        if issubclass(kind, BadFileError) and not verbose:
+            print(f'error: {one_line(error, 2000)}', file=sys.stderr, flush=True)
+        else:
+            previous(kind, error, traceback)
+
+    sys.excepthook = excepthook
+
+
 def _check_and_lock_for_basicsr_entry(root_path: str, is_train: bool) -> None:
-    """10. BasicSR's own entry points get what ``vlunet/train.py`` does first: the option check and the lock."""
-    from vlunet.entry import check_command_line
+    """10. BasicSR's own entry points get what ``vlunet/train.py`` does first: the option check and the lock; a bad
+    file is one line (``--verbose``, ours, taken off before BasicSR's parser: the traceback)."""
+    from vlunet.entry import VERBOSE_FLAG, check_command_line
+    _report_bad_files_in_one_line(VERBOSE_FLAG in sys.argv)
+    sys.argv = [arg for arg in sys.argv if arg != VERBOSE_FLAG]
     from vlunet.utils.cpu_threads import use_cpu_threads
     from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
     check_command_line(sys.argv, is_train)  # exits with the problems before anything is created

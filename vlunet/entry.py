@@ -16,6 +16,7 @@ from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.cpu_threads import use_cpu_threads
 from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
 from vlunet.utils.training_interrupts import run_test, run_training
+from vlunet.utils.safe_load import report_bad_files
 
 VERBOSE_FLAG = '--verbose'
 
@@ -57,14 +58,16 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
     Outputs (``experiments/``, ``results/``, ``tb_logger/``) go under the directory the command is
     run from, also when vlunet is pip-installed: basicsr 1.4.2 puts them under ``root_path``.
     ``--verbose`` also shows the network structure and the option dump on the console (they are always
-    in the log file). Without CUDA the CPU thread count follows :mod:`vlunet.utils.cpu_threads` (printed). Freed CPU
+    in the log file) and the traceback of a bad file (else one line naming it, exit status 1). Without CUDA the CPU
+    thread count follows :mod:`vlunet.utils.cpu_threads` (printed). Freed CPU
     memory is kept for reuse (:mod:`vlunet.utils.cpu_memory`). The process
     group BasicSR opened is closed at the end (basicsr never does; gloo ranks that exit with it still
     open can abort with SIGABRT at interpreter shutdown).
     """
     keep_freed_memory_in_entry_point()
     sys.argv = compat.normalize_local_rank_argument(sys.argv)
-    console_log.set_verbose(VERBOSE_FLAG in sys.argv)
+    verbose = VERBOSE_FLAG in sys.argv
+    console_log.set_verbose(verbose)
     sys.argv = [arg for arg in sys.argv if arg != VERBOSE_FLAG]  # ours, unknown to BasicSR's parser
     if {'-h', '--help'} & set(sys.argv[1:]):
         return print_help(pipeline)
@@ -75,7 +78,7 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
         lock = acquire_training_lock(sys.argv[1:], os.getcwd()) if is_train else contextlib.nullcontext()
     except ExperimentLockedError as err:
         sys.exit(f'error: {err}')
-    with lock:  # Ctrl-C / SIGTERM: one line; training saves the iteration done (vlunet/utils/training_interrupts.py)
+    with lock, report_bad_files(verbose):  # Ctrl-C / SIGTERM: one line; training saves the iteration done
         (run_training if is_train else run_test)(pipeline, os.getcwd())
     if distributed.is_available() and distributed.is_initialized():
         distributed.barrier()  # no rank tears the group down while another still uses it

@@ -56,8 +56,8 @@ to do (:class:`NonFiniteImageError`, :class:`InferenceOutOfMemoryError`), instea
 the allocator's message; under ``tile='auto'`` an image that cannot fit even in the smallest tiles
 raises :class:`~vlunet.tiling.tiles.InsufficientMemoryError` before any work.
 """
-import os.path as osp
 from functools import partial
+import os.path as osp
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -82,7 +82,8 @@ from vlunet.models.daclip.irsde_sampler import IRSDERestoration, check_encoder, 
 from vlunet.convert.vlunet_checkpoint import detect_de_dim
 from vlunet.convert.vlunet_release import RELEASE_PACKAGE_URL
 from vlunet.utils.precision import AmpOptions, autocast
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import (MissingFileError, WrongContentsError, check_file, load_checked_state_dict,
+                                    require_state_dict, safe_torch_load)
 from vlunet.tiling.memory_model import cached_memory_model, network_memory_key
 from vlunet.tiling.tiles import AutoTile, TileOptions, TilePlan, parse_tile_options, plan_tiles, restore
 
@@ -142,26 +143,38 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _network_checkpoint(path: str) -> dict:
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'network weights {path!r} do not exist (train a model, or convert an official '
-                                f'.ckpt from the authors\' package {RELEASE_PACKAGE_URL} with '
-                                'scripts/convert_official_checkpoint.py).')
-    checkpoint = safe_torch_load(path, 'network weights')
+NETWORK_WEIGHTS = 'network weights (--net-weights, path.pretrain_network_g)'
+NETWORK_WEIGHTS_FIX = ('give a BasicSR weight file {"params": state_dict} written by training this network (or by '
+                       'scripts/convert_official_checkpoint.py), with network_g as in its training')
+
+
+def _network_checkpoint(path: str, description: str = NETWORK_WEIGHTS) -> object:
+    check_file(path, description, f'train a model, or convert an official .ckpt from the authors\' package '
+                                  f'{RELEASE_PACKAGE_URL} with scripts/convert_official_checkpoint.py')
+    checkpoint = safe_torch_load(path, description)
     if isinstance(checkpoint, dict) and 'state_dict' in checkpoint:
-        raise ValueError(f'{path!r} is a Lightning checkpoint; convert it with scripts/convert_official_checkpoint.py '
-                         'and use the written <name>_net.pth.')
+        raise WrongContentsError(f'{description} {path} is a Lightning checkpoint; convert it with '
+                                 'scripts/convert_official_checkpoint.py and use the written <name>_net.pth.')
     return checkpoint
 
 
-def _network_state(path: str, param_key: str) -> Dict[str, torch.Tensor]:
-    checkpoint = _network_checkpoint(path)
+def _network_state(path: str, param_key: str, description: str = NETWORK_WEIGHTS) -> Dict[str, torch.Tensor]:
+    checkpoint = _network_checkpoint(path, description)
     keys = [param_key] + [key for key in ('params', 'params_ema') if key != param_key]
     state = next((checkpoint[key] for key in keys if isinstance(checkpoint, dict) and key in checkpoint), None)
     if not isinstance(state, dict):
-        raise ValueError(f'{path!r} holds no network weights under {" or ".join(repr(k) for k in keys)} '
-                         '(expected a BasicSR file {"params": state_dict}).')
+        raise WrongContentsError(f'{description} {path} holds no network weights under '
+                                 f'{" or ".join(repr(k) for k in keys)}: {NETWORK_WEIGHTS_FIX}.')
+    state = require_state_dict(state, path, description, NETWORK_WEIGHTS_FIX)
     return {key[len('module.'):] if key.startswith('module.') else key: value for key, value in state.items()}
+
+
+def load_network_weights(net: nn.Module, path: str, description: str = NETWORK_WEIGHTS,
+                         param_key: str = 'params') -> nn.Module:
+    """``net`` with the weights of the BasicSR file ``path``; every bad file is a ``BadFileError`` naming it."""
+    load_checked_state_dict(net, _network_state(path, param_key, description), path, description,
+                            NETWORK_WEIGHTS_FIX)
+    return net
 
 
 def build_restoration_network(weights_path: str, network_options: Optional[dict] = None,
@@ -170,9 +183,13 @@ def build_restoration_network(weights_path: str, network_options: Optional[dict]
     state = _network_state(weights_path, param_key)
     options = dict(network_options or {'type': 'VLUNet'})
     if options['type'] == 'VLUNet' and 'de_dim' not in options:
-        options['de_dim'] = detect_de_dim(state)
+        try:
+            options['de_dim'] = detect_de_dim(state)
+        except (ValueError, IndexError) as error:
+            raise WrongContentsError(f'{NETWORK_WEIGHTS} {weights_path} is not a VLUNet ({error}): '
+                                     f'{NETWORK_WEIGHTS_FIX}.') from error
     net = build_network(options)
-    net.load_state_dict(state, strict=True)
+    load_checked_state_dict(net, state, weights_path, NETWORK_WEIGHTS, NETWORK_WEIGHTS_FIX)
     return net.requires_grad_(False).eval()
 
 
@@ -293,7 +310,7 @@ class Restorer:
                         clip_weights=carried.get('path', {}).get(WEIGHTS_KEY), sde=carried.get('sde'))
         settings.update(overrides)
         if settings['clip_weights'] and not osp.isfile(settings['clip_weights']):
-            raise FileNotFoundError(f'{net_weights} was trained with the degradation-encoder weights '
+            raise MissingFileError(f'{net_weights} was trained with the degradation-encoder weights '
                                     f'{settings["clip_weights"]}, which do not exist here: give them with '
                                     '--clip-weights (Restorer: clip_weights=), or restore without CLIP guidance: '
                                     '--no-clip.')

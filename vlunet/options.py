@@ -262,6 +262,11 @@ def _weights_hint(path: str, commands: Dict[str, str], key: str) -> str:
     return ' Fix the path, or set it to ~.'
 
 
+def _is_missing(path: str) -> str:
+    """Why ``path`` is no file: 'does not exist', or it is a folder."""
+    return 'is a folder, not a file' if osp.isdir(osp.expanduser(path)) else 'does not exist'
+
+
 def _missing_weights(opt: dict, resuming: bool, auto_resume: bool) -> List[str]:
     """``path.pretrain_network_*`` and ``path.resume_state`` files that do not exist.
 
@@ -270,7 +275,7 @@ def _missing_weights(opt: dict, resuming: bool, auto_resume: bool) -> List[str]:
     commands: Dict[str, str] = {}
     state = (opt.get('path') or {}).get('resume_state')
     errors = [] if auto_resume or not isinstance(state, str) or osp.isfile(osp.expanduser(state)) else [
-        f'path.resume_state: {state!r} does not exist. Training states are experiments/<name>/training_states/'
+        f'path.resume_state: {state!r} {_is_missing(state)}. Training states are experiments/<name>/training_states/'
         '<iter>.state; --auto_resume finds the newest.']
     for name, value in (opt.get('path') or {}).items():
         if not name.startswith('pretrain_network_') or not isinstance(value, str):
@@ -279,7 +284,7 @@ def _missing_weights(opt: dict, resuming: bool, auto_resume: bool) -> List[str]:
             continue  # BasicSR's check_resume loads models/net_<x>_<iter>.pth instead
         if not osp.isfile(osp.expanduser(value)):
             key = f'path.{name}'
-            errors.append(f'{key}: weight file {value!r} does not exist.{_weights_hint(value, commands, key)}')
+            errors.append(f'{key}: weight file {value!r} {_is_missing(value)}.{_weights_hint(value, commands, key)}')
     return errors
 
 
@@ -359,6 +364,32 @@ def _scheduler_errors(scheduler: object, model_class=None) -> List[str]:
     return _argument_errors('train.scheduler', dict(scheduler, optimizer=None), schedulers[scheduler['type']])
 
 
+def _scheduler_length_errors(scheduler: object, total_iter: object) -> List[str]:
+    """A scheduler's iteration counts against ``train.total_iter``: a CosineAnnealingRestartLR whose periods end
+    before it fails at the first iteration past them (after hours of training)."""
+    if not isinstance(scheduler, dict) or not isinstance(total_iter, int) or isinstance(total_iter, bool):
+        return []
+    errors = []
+    periods, weights = scheduler.get('periods'), scheduler.get('restart_weights', [1])
+    if scheduler.get('type') == 'CosineAnnealingRestartLR' and isinstance(periods, list):
+        if not all(isinstance(period, int) and period > 0 for period in periods):
+            errors.append(f'train.scheduler.periods: {periods} must be positive whole numbers of iterations.')
+        elif sum(periods) < total_iter:
+            errors.append(f'train.scheduler.periods: {periods} add up to {sum(periods)} iterations, fewer than '
+                          f'train.total_iter ({total_iter}): training would fail at iteration {sum(periods) + 1}. '
+                          f'Make them add up to at least {total_iter} (e.g. extend the last period by '
+                          f'{total_iter - sum(periods)}).')
+        if isinstance(weights, list) and len(weights) != len(periods):
+            errors.append(f'train.scheduler.restart_weights: {len(weights)} weight(s) for {len(periods)} period(s); '
+                          'give one weight per period.')
+    restarts = scheduler.get('restarts', [0])
+    if scheduler.get('type') in ('MultiStepLR', 'MultiStepRestartLR') and isinstance(restarts, list) \
+            and isinstance(weights, list) and len(restarts) != len(weights):
+        errors.append(f'train.scheduler.restart_weights: {len(weights)} weight(s) for {len(restarts)} restart(s); '
+                      'give one weight per restart.')
+    return errors
+
+
 def _train_errors(train: object, model_class) -> List[str]:
     if not isinstance(train, dict):
         return ['train: expected a mapping (optimizers, scheduler, losses, total_iter).']
@@ -369,6 +400,7 @@ def _train_errors(train: object, model_class) -> List[str]:
             errors += _check_type(f'train.{name}', section, LOSS_REGISTRY, check_arguments=True)
     if 'scheduler' in train:
         errors += _scheduler_errors(train['scheduler'], model_class)
+        errors += _scheduler_length_errors(train['scheduler'], train.get('total_iter'))
     if isinstance(model_class, type) and issubclass(model_class, SRModel):  # its init_training_settings reads them
         errors += [] if 'scheduler' in train else [f'train.scheduler: missing (required by {model_class.__name__}; '
                                                    'e.g. {type: MultiStepLR, milestones: [1000000], gamma: 0.5}).']

@@ -33,7 +33,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from vlunet.utils.console_log import without_random_init_warning
 from vlunet.convert.vlunet_checkpoint import load_official_file, official_clip_state_dict
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import (WrongContentsError, check_file, load_checked_state_dict, one_line,
+                                    require_state_dict, safe_torch_load)
 
 __all__ = ['DegradationCLIP', 'clip_preprocess', 'official_clip_state_dict']
 
@@ -42,6 +43,10 @@ BACKBONE_PREFIX = 'backbone.'
 ADAPTER_PREFIXES = ('image_adapter.', 'text_adapter.')
 OFFICIAL_DEGRADATION_PREFIX = 'model_degradation.'
 ACTIVATIONS = {'gelu': nn.GELU, 'leaky_relu': nn.LeakyReLU}
+BACKBONE_WEIGHTS = 'CLIP backbone weights (pretrained, --clip-pretrained)'
+ADAPTER_WEIGHTS = 'degradation-encoder weights (--clip-weights, path.pretrain_network_degradation_encoder)'
+ADAPTER_WEIGHTS_FIX = ('give a file written by scripts/convert_official_checkpoint.py (<stem>_clip.pth) or by CLIP '
+                       'fine-tuning, an official clip_tuned.pth or an official VLU-Net .ckpt')
 OFFICIAL_WEIGHTS_HELP = ('the Hugging Face repo laion/CLIP-ViT-B-32-laion2B-s34B-b79K, file open_clip_pytorch_model.bin '
                          '(https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/'
                          'open_clip_pytorch_model.bin)')
@@ -83,13 +88,17 @@ def register_backbone_config(backbone: str) -> str:
 
 def _converted_backbone_state(path: str) -> Optional[Dict[str, torch.Tensor]]:
     """``backbone.*`` tensors (prefix removed) of a converted ``{'params': ...}`` file, or None for other files."""
-    checkpoint = safe_torch_load(path, 'CLIP weights (pretrained)')
+    checkpoint = safe_torch_load(path, BACKBONE_WEIGHTS)
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get('params'), dict)):
+        state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else checkpoint
+        require_state_dict(state, path, BACKBONE_WEIGHTS, f'give the open_clip weights ({OFFICIAL_WEIGHTS_HELP})')
         return None
-    state = {k[len(BACKBONE_PREFIX):]: v for k, v in checkpoint['params'].items() if k.startswith(BACKBONE_PREFIX)}
+    state = require_state_dict(checkpoint['params'], path, BACKBONE_WEIGHTS, ADAPTER_WEIGHTS_FIX)
+    state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     if not state:
-        raise ValueError(f'pretrained: {path!r} holds adapters only (no backbone.* tensors); give the open_clip '
-                         f'weights ({OFFICIAL_WEIGHTS_HELP}) as pretrained and this file as the adapter weights.')
+        raise WrongContentsError(f'{BACKBONE_WEIGHTS} {path} holds adapters only (no backbone.* tensors): give the '
+                                 f'open_clip weights ({OFFICIAL_WEIGHTS_HELP}) as pretrained and this file as the '
+                                 'adapter weights.')
     return state
 
 
@@ -159,13 +168,19 @@ def build_backbone(name: str, pretrained: Optional[str]) -> nn.Module:
     if pretrained is None:
         with without_random_init_warning():  # DegradationCLIP.random_backbone says it (until weights load)
             return open_clip.create_model(name, pretrained=None)
-    if osp.isfile(pretrained):
+    if osp.isfile(pretrained) or osp.isdir(pretrained):
+        check_file(pretrained, BACKBONE_WEIGHTS)
         state = _converted_backbone_state(pretrained)
         if state is None:
-            return open_clip.create_model(name, pretrained=pretrained)
+            try:  # open_clip reads the file again (safe_torch_load has checked it) and adapts its keys
+                return open_clip.create_model(name, pretrained=pretrained)
+            except Exception as error:  # noqa: BLE001 -- whatever open_clip raises on a state dict of another model
+                raise WrongContentsError(f'{BACKBONE_WEIGHTS} {pretrained} does not fit the open_clip model {name} '
+                                         f'({one_line(error, 300)}): give the open_clip weights of {name} '
+                                         f'({OFFICIAL_WEIGHTS_HELP} for ViT-B-32).') from error
         with without_random_init_warning():  # the weights are loaded on the next line
             model = open_clip.create_model(name, pretrained=None)
-        model.load_state_dict(state)
+        load_checked_state_dict(model, state, pretrained, BACKBONE_WEIGHTS, f'check the backbone option ({name})')
         return model
     unknown = _unknown_tag_message(name, pretrained)
     if unknown:
@@ -178,16 +193,19 @@ def build_backbone(name: str, pretrained: Optional[str]) -> nn.Module:
 
 def _adapter_state(checkpoint: object, path: str) -> Dict[str, torch.Tensor]:
     """DegradationCLIP keys from a converted file, an official ``clip_tuned.pth`` or an official ``.ckpt``."""
+    def tensors(state: object) -> Dict[str, torch.Tensor]:
+        return require_state_dict(state, path, ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_FIX)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get('params'), dict):
-        return checkpoint['params']
+        return tensors(checkpoint['params'])
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get('learnable_params'), dict):
-        return official_clip_state_dict(checkpoint['learnable_params'])
+        return official_clip_state_dict(tensors(checkpoint['learnable_params']))
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
-        degradation = {k[len(OFFICIAL_DEGRADATION_PREFIX):]: v for k, v in checkpoint['state_dict'].items()
+        degradation = {k[len(OFFICIAL_DEGRADATION_PREFIX):]: v for k, v in tensors(checkpoint['state_dict']).items()
                        if k.startswith(OFFICIAL_DEGRADATION_PREFIX)}
         if degradation:
             return official_clip_state_dict(degradation)
-    raise ValueError(f'{path!r} holds no degradation-encoder weights: expected a converted file ({{"params": ...}}), '
+    raise WrongContentsError(f'{ADAPTER_WEIGHTS} {path} holds no degradation-encoder weights: expected a converted '
+                             'file ({"params": ...}), '
                      'an official clip_tuned.pth ("learnable_params") or an official VLU-Net .ckpt '
                      '("state_dict" with model_degradation.* keys).')
 
@@ -258,20 +276,13 @@ class DegradationCLIP(nn.Module):
         Accepts a converted ``{'params': state_dict}`` file, an official ``clip_tuned.pth`` or an
         official Lightning ``.ckpt``. Every adapter tensor must be present.
         """
-        return self.load_checkpoint(load_official_file(path), path)
+        return self.load_checkpoint(load_official_file(path, description=ADAPTER_WEIGHTS), path)
 
     def load_checkpoint(self, checkpoint: object, path: str) -> str:
         """:meth:`load_weights` on an already loaded ``checkpoint`` (``path`` names it in errors)."""
         state = _adapter_state(checkpoint, path)
-        try:
-            missing, unexpected = self.load_state_dict(state, strict=False)
-        except RuntimeError as error:  # shape mismatches
-            raise ValueError(f'{path!r} does not fit DegradationCLIP({self.backbone_name}): {error}') from error
         has_backbone = any(k.startswith(BACKBONE_PREFIX) for k in state)
-        missing = [k for k in missing if has_backbone or not k.startswith(BACKBONE_PREFIX)]
-        if missing or unexpected:
-            raise ValueError(f'{path!r} does not fit DegradationCLIP({self.backbone_name}): missing keys {missing[:4]}'
-                             f'{"..." if len(missing) > 4 else ""}, unexpected keys {unexpected[:4]}'
-                             f'{"..." if len(unexpected) > 4 else ""}. Check the backbone option.')
+        load_checked_state_dict(self, state, path, ADAPTER_WEIGHTS, f'{ADAPTER_WEIGHTS_FIX}; check the backbone '
+                                f'option ({self.backbone_name})', optional=() if has_backbone else (BACKBONE_PREFIX,))
         self.random_backbone = self.random_backbone and not has_backbone
         return 'adapters and backbone' if has_backbone else 'adapters'

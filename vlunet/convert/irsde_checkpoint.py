@@ -9,14 +9,14 @@ that the state dict fits a ConditionalUNet built with them exactly, and writes
 ``OUT_DIR/<stem>_net.pth`` = ``{'params': state_dict}`` (loadable with ``strict=True``).
 """
 import os.path as osp
-import zipfile
 from dataclasses import dataclass
 from typing import Dict, List
 
 import torch
 
 from vlunet.utils.atomic_write import atomic_torch_save
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import (WrongContentsError, listed_mismatches, one_line, safe_torch_load,
+                                    state_dict_mismatches, torch_pickle_record)
 
 WRAPPER_PREFIXES = ('module.', 'ema_model.')
 EMA_COUNTERS = ('initted', 'step')
@@ -27,12 +27,11 @@ def is_irsde_unet_file(path: str) -> bool:
     """True if ``path`` is a zip-format torch file whose pickle names ConditionalUNet's parameters.
 
     Reads only the (small) pickle record, not the tensors, and unpickles nothing.
+
+    Raises:
+        vlunet.utils.safe_load.DamagedFileError: a zip whose record cannot be read.
     """
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        records = [name for name in archive.namelist() if name.endswith('data.pkl')]
-        record = archive.read(records[0]) if records else b''
+    record = torch_pickle_record(path, 'file to convert')
     return all(key.encode() in record for key in MARKER_KEYS)
 
 
@@ -43,8 +42,8 @@ def unwrapped_state_dict(checkpoint: object, path: str) -> Dict[str, torch.Tenso
         ValueError: ``checkpoint`` is not a ConditionalUNet state dict (the message names ``path``).
     """
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError(f'{path} is not a released IR-SDE / DA-CLIP ConditionalUNet file (a bare state dict '
-                         'such as universal-ir.pth).')
+        raise WrongContentsError(f'IR-SDE network file {path} is not a released IR-SDE / DA-CLIP ConditionalUNet '
+                                 'file (a bare state dict such as universal-ir.pth): give that file.')
     state = {}
     for key, value in checkpoint.items():
         if key in EMA_COUNTERS:
@@ -53,9 +52,10 @@ def unwrapped_state_dict(checkpoint: object, path: str) -> Dict[str, torch.Tenso
             if key.startswith(prefix):
                 key = key[len(prefix):]
         state[key] = value
-    missing = [key for key in MARKER_KEYS if key not in state]
-    if missing:
-        raise ValueError(f'{path} is not a ConditionalUNet state dict: keys {missing} are missing.')
+    missing = [key for key in (*MARKER_KEYS, 'final_conv.weight') if key not in state]
+    if missing or any(state[key].dim() < 2 for key in ('init_conv.weight', 'final_conv.weight')):
+        raise WrongContentsError(f'IR-SDE network file {path} is not a ConditionalUNet state dict (keys {missing} '
+                                 'missing, or not convolution weights): give the released universal-ir.pth.')
     return state
 
 
@@ -76,17 +76,19 @@ def network_config(state: Dict[str, torch.Tensor]) -> dict:
 
 
 def check_fits(state: Dict[str, torch.Tensor], config: dict, path: str) -> None:
-    """Raise ValueError unless ``state`` loads strictly into ``ConditionalUNet(**config)`` (built without memory)."""
+    """Raise WrongContentsError unless ``state`` loads strictly into ``ConditionalUNet(**config)`` (built without
+    memory)."""
     from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
-    with torch.device('meta'):
-        expected = ConditionalUNet(**{k: v for k, v in config.items() if k != 'type'}).state_dict()
-    problems = [f'missing {key}' for key in expected if key not in state]
-    problems += [f'unexpected {key}' for key in state if key not in expected]
-    problems += [f'{key}: {tuple(state[key].shape)} instead of {tuple(value.shape)}'
-                 for key, value in expected.items() if key in state and state[key].shape != value.shape]
+    try:
+        with torch.device('meta'):
+            expected = ConditionalUNet(**{k: v for k, v in config.items() if k != 'type'}).state_dict()
+    except (ValueError, RuntimeError, TypeError, AssertionError, ZeroDivisionError) as error:
+        raise WrongContentsError(f'IR-SDE network file {path} has shapes of no ConditionalUNet ({config}: '
+                                 f'{one_line(error, 200)}): give the released universal-ir.pth.') from error
+    problems = state_dict_mismatches(expected, state)
     if problems:
-        listed = '\n  '.join(problems[:12]) + (f'\n  ... and {len(problems) - 12} more' if len(problems) > 12 else '')
-        raise ValueError(f'{path} does not fit ConditionalUNet({config}):\n  {listed}')
+        raise WrongContentsError(f'IR-SDE network file {path} does not fit ConditionalUNet({config}) '
+                                 f'({listed_mismatches(problems)}): give the released universal-ir.pth.')
 
 
 @dataclass

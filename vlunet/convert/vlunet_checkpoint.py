@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from vlunet.utils.atomic_write import atomic_torch_save
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import BadFileError, WrongContentsError, require_state_dict, safe_torch_load
 
 # Official -> plugin renames of dotted key segments; the plugin's names say what the tensors are.
 _RENAMED_SEGMENTS: List[Tuple[Tuple[str, ...], Tuple[str, ...]]] = [
@@ -107,7 +107,7 @@ def official_clip_state_dict(degradation_state: Dict[str, torch.Tensor]) -> Dict
     return converted
 
 
-def load_official_file(path: str, trusted: bool = False) -> dict:
+def load_official_file(path: str, trusted: bool = False, description: str = 'official checkpoint') -> dict:
     """An official VLU-Net file (or a converted one) on the CPU, unpickled without running code from it.
 
     Official Lightning checkpoints, ``clip_tuned.pth`` and DA-CLIP's checkpoint need only the globals
@@ -119,21 +119,32 @@ def load_official_file(path: str, trusted: bool = False) -> dict:
         UnsafeCheckpointError: the file holds other globals (named in the message).
         ValueError: ``path`` is not a PyTorch file.
     """
-    return safe_torch_load(path, 'official checkpoint', trusted=trusted)
+    return safe_torch_load(path, description, trusted=trusted)
+
+
+OFFICIAL_FIX = 'give an official VLU-Net .ckpt or clip_tuned.pth from the authors\' package'
 
 
 def split_official_checkpoint(checkpoint: object, path: str) -> Tuple[Optional[dict], Optional[dict]]:
     """(plugin VLUNet state dict or None, DegradationCLIP state dict or None) from a loaded official file."""
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
-        state = checkpoint['state_dict']
-        net = {key[len(_NET_PREFIX):]: value for key, value in state.items() if key.startswith(_NET_PREFIX)}
-        degradation = {key[len(_DEGRADATION_PREFIX):]: value for key, value in state.items()
-                       if key.startswith(_DEGRADATION_PREFIX)}
-        if net:
-            return official_to_plugin_state_dict(net), (official_clip_state_dict(degradation) if degradation else None)
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('learnable_params'), dict):
-        return None, official_clip_state_dict(checkpoint['learnable_params'])
-    raise ValueError(f'{path} is neither an official VLU-Net Lightning checkpoint (a "state_dict" with "net.*" keys) '
+    try:
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
+            state = require_state_dict(checkpoint['state_dict'], path, 'official checkpoint', OFFICIAL_FIX)
+            net = {key[len(_NET_PREFIX):]: value for key, value in state.items() if key.startswith(_NET_PREFIX)}
+            degradation = {key[len(_DEGRADATION_PREFIX):]: value for key, value in state.items()
+                           if key.startswith(_DEGRADATION_PREFIX)}
+            if net:
+                return official_to_plugin_state_dict(net), (official_clip_state_dict(degradation) if degradation
+                                                            else None)
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get('learnable_params'), dict):
+            learnable = require_state_dict(checkpoint['learnable_params'], path, 'official checkpoint', OFFICIAL_FIX)
+            return None, official_clip_state_dict(learnable)
+    except BadFileError:
+        raise
+    except ValueError as error:  # an unknown key of the official CLIP weights
+        raise WrongContentsError(f'official checkpoint {path}: {error}; {OFFICIAL_FIX}.') from error
+    raise WrongContentsError(f'official checkpoint {path} is neither an official VLU-Net Lightning checkpoint (a '
+                             '"state_dict" with "net.*" keys) '
                      f'nor an official clip_tuned.pth (with "learnable_params")')
 
 
@@ -160,7 +171,10 @@ def convert_official_checkpoint(src: str, out_dir: str, trusted: bool = False) -
     stem = osp.splitext(osp.basename(src))[0]
     converted = ConvertedFiles()
     if net_state is not None:
-        converted.de_dim = detect_de_dim(net_state)
+        try:
+            converted.de_dim = detect_de_dim(net_state)
+        except (ValueError, IndexError) as error:
+            raise WrongContentsError(f'official checkpoint {src}: {error}; {OFFICIAL_FIX}.') from error
         converted.net_path = osp.join(out_dir, f'{stem}_net.pth')
         atomic_torch_save({'params': net_state}, converted.net_path)
     if clip_state is not None:

@@ -36,7 +36,7 @@ from torchvision.models import inception_v3
 
 from vlunet.metrics.dataset_level import DatasetMetric, dataset_level_metric
 from vlunet.utils.weight_files import metric_device, resolve_weights_file, seeded_random_weights
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import WrongContentsError, one_line, require_state_dict, safe_torch_load
 
 FEATURE_DIMS = (64, 192, 768, 2048)
 INCEPTION_CLASSES = 1008  # the TensorFlow graph's classifier
@@ -69,14 +69,17 @@ def inception_network(dims: int, weights_path: Optional[str], device: torch.devi
     """
     from unittest import mock  # on use: keeps `import vlunet` light
     module = _inception_module()
-    state = _random_inception_state() if weights_path is None else safe_torch_load(
-        weights_path, 'calculate_fid.inception_weights (FID Inception-v3)')
+    description = 'calculate_fid.inception_weights (FID Inception-v3)'
+    state = _random_inception_state() if weights_path is None else require_state_dict(
+        safe_torch_load(weights_path, description), weights_path, description,
+        f'give {osp.basename(module.URL_INCEPTION_V3)}')
     with mock.patch.object(module, 'load_state_dict_from_url', return_value=state):
         try:
             network = module.FeatureExtractorInceptionV3('inception-v3-compat', [str(dims)])
-        except (RuntimeError, TypeError, AttributeError) as error:
-            raise ValueError(f'calculate_fid.inception_weights: {weights_path} is not the FID Inception state dict '
-                             f'({osp.basename(module.URL_INCEPTION_V3)}): {error}') from error
+        except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as error:
+            raise WrongContentsError(f'calculate_fid.inception_weights: {weights_path} is not the FID Inception state '
+                                     f'dict ({osp.basename(module.URL_INCEPTION_V3)}): {one_line(error, 300)}') \
+                from error
     return network.to(device)
 
 

@@ -37,7 +37,8 @@ from torchvision.models import AlexNet_Weights, VGG16_Weights
 
 from vlunet.utils.weight_files import metric_device, resolve_weights_file, seeded_random_weights
 from vlunet.metrics.restoration_metric import clipped_float_rgb_pair, float_rgb_metric
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import (WrongContentsError, load_checked_state_dict, require_state_dict,
+                                    safe_torch_load)
 
 BACKBONE_WEIGHTS = {'alex': AlexNet_Weights.IMAGENET1K_V1, 'vgg': VGG16_Weights.IMAGENET1K_V1}
 BACKBONE_NAMES = {'alex': 'AlexNet', 'vgg': 'VGG-16'}
@@ -60,26 +61,29 @@ def default_head_weights(net: str) -> str:
 
 def _load_backbone(trunk: nn.Module, path: str, net: str) -> None:
     """Copy torchvision's ``features.<i>.*`` tensors into the lpips trunk (its ``slice<k>.<i>`` is ``features[i]``)."""
-    state = safe_torch_load(path, f'calculate_lpips.backbone_weights ({BACKBONE_NAMES[net]})')
+    description = f'calculate_lpips.backbone_weights ({BACKBONE_NAMES[net]})'
+    state = require_state_dict(safe_torch_load(path, description), path, description,
+                               f'give {osp.basename(BACKBONE_WEIGHTS[net].url)}')
     keys = {key: 'features.' + key.split('.', 1)[1] for key in trunk.state_dict()}
-    missing = [source for source in keys.values() if not isinstance(state, dict) or source not in state]
+    missing = [source for source in keys.values() if source not in state]
     wrong = [source for key, source in keys.items()
              if source not in missing and state[source].shape != trunk.state_dict()[key].shape]
     if missing or wrong:
-        raise ValueError(f'calculate_lpips.backbone_weights: {path} is not a torchvision {BACKBONE_NAMES[net]} '
+        raise WrongContentsError(f'calculate_lpips.backbone_weights: {path} is not a torchvision {BACKBONE_NAMES[net]} '
                          f'state dict ({osp.basename(BACKBONE_WEIGHTS[net].url)}): missing {missing[:4]}, wrong '
                          f'shapes {wrong[:4]}.')
     trunk.load_state_dict({key: state[source] for key, source in keys.items()})
 
 
 def _load_heads(network: nn.Module, path: str) -> None:
-    heads = safe_torch_load(path, 'calculate_lpips.head_weights (LPIPS linear heads)')
+    description = 'calculate_lpips.head_weights (LPIPS linear heads)'
+    fix = f'give the lpips package\'s weights/v{LPIPS_VERSION}/<net>.pth'
+    heads = require_state_dict(safe_torch_load(path, description), path, description, fix)
     expected = {key for key in network.state_dict() if key.startswith('lin') and not key.startswith('lins.')}
-    if not isinstance(heads, dict) or set(heads) != expected:
-        found = sorted(heads)[:6] if isinstance(heads, dict) else type(heads).__name__
-        raise ValueError(f'calculate_lpips.head_weights: {path} is not an LPIPS head file (expected the keys '
-                         f'{sorted(expected)}, found {found}).')
-    network.load_state_dict(heads, strict=False)
+    if set(heads) != expected:
+        raise WrongContentsError(f'calculate_lpips.head_weights: {path} is not an LPIPS head file (expected the keys '
+                                 f'{sorted(expected)}, found {sorted(heads)[:6]}).')
+    load_checked_state_dict(network, heads, path, description, fix, strict=False)
 
 
 @lru_cache(maxsize=None)

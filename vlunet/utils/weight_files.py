@@ -19,6 +19,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from vlunet.utils.safe_load import MissingFileError, WrongKindError
+
 RANDOM_WEIGHTS = 'random'
 RANDOM_WEIGHTS_SEED = 0
 
@@ -55,8 +57,10 @@ def resolve_weights_file(weights: Optional[str], option: str, url: str, what: st
         raise ValueError(f'{option}: {weights!r} must be a file path, ~ (torch\'s hub cache {hub_cache_path(url)}) '
                          f'or {RANDOM_WEIGHTS!r} (tests only).')
     path = osp.expanduser(weights) if weights is not None else hub_cache_path(url)
+    if osp.isdir(path):
+        raise WrongKindError(f'{option}: the {what} file {path} is a folder, not a file: give the file itself.')
     if not osp.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f'{option}: the {what} file {path} does not exist (weights are never downloaded at run time). '
             f'Download {url} on a machine with internet access and either set {option} to the file\'s path or put '
             f'it at {hub_cache_path(url)} (torch\'s hub cache, $TORCH_HOME/hub/checkpoints). For tests only, '

@@ -49,7 +49,7 @@ from torch import nn
 
 from vlunet.archs.degradation_clip_arch import build_backbone, register_backbone_config
 from vlunet.convert.daclip_checkpoint import daclip_state_dict, is_daclip_file
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import load_checked_state_dict, safe_torch_load
 
 __all__ = ['DACLIP', 'daclip_preprocess', 'truncate_to_uint8', 'resize_and_centre_crop']
 
@@ -233,15 +233,8 @@ class DACLIP(nn.Module):
         """:meth:`load_weights` on an already loaded ``checkpoint`` (``path`` names it in errors)."""
         state = daclip_state_dict(checkpoint, path)
         has_backbone = any(k.startswith(BACKBONE_PREFIX) for k in state)
-        try:
-            missing, unexpected = self.load_state_dict(state, strict=False)
-        except RuntimeError as error:  # shape mismatches
-            raise ValueError(f'{path!r} does not fit DACLIP({self.backbone_name}): {error}. Check the backbone '
-                             'option.') from error
-        missing = [k for k in missing if has_backbone or not k.startswith(BACKBONE_PREFIX)]
-        if missing or unexpected:
-            raise ValueError(f'{path!r} does not fit DACLIP({self.backbone_name}): missing keys {missing[:4]}'
-                             f'{"..." if len(missing) > 4 else ""}, unexpected keys {unexpected[:4]}'
-                             f'{"..." if len(unexpected) > 4 else ""}. Check the backbone option.')
+        load_checked_state_dict(self, state, path, 'DA-CLIP checkpoint',
+                                f'check the backbone option ({self.backbone_name})',
+                                optional=() if has_backbone else (BACKBONE_PREFIX,))
         return 'backbone, controller, zero linears and temperature' if has_backbone else \
             'controller, zero linears and temperature'

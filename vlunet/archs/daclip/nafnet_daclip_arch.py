@@ -175,6 +175,7 @@ class NAFNetDACLIP(nn.Module):
             self.downs.append(nafnet_downsample(channels))
             channels *= 2
         self.middle_blks = blocks(middle_blk_num, channels, True)
+        self.middle_channels = channels
         self.ups, self.decoders = nn.ModuleList(), nn.ModuleList()
         for depth, count in enumerate(dec_blk_nums):
             self.ups.append(nafnet_upsample(channels))
@@ -231,6 +232,9 @@ class NAFNetDACLIP(nn.Module):
         context = None if content is None else content.unsqueeze(1)  # one token (B, 1, context_dim)
 
         image = pad_to_multiple(x, 2 ** self.levels)
+        if context is not None and self.middle_channels == HEAD_CHANNELS and max(image.shape[-2:]) == 2 ** self.levels:
+            # the middle GroupNorm(32) of 32 channels needs 2 values per group: a 2x1 middle, not 1x1
+            image = torch.cat([image, image.flip(-1)], dim=-1)
         features = self.intro(image)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):

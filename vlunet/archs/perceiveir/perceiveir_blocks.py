@@ -24,11 +24,13 @@ from torch import nn
 
 from vlunet.archs.restormer_blocks import (ChannelLayerNorm, GatedFeedForward, TransposedSelfAttention,
                                            channel_attention, pointwise)
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import (MissingFileError, WrongContentsError, check_file, load_checked_state_dict,
+                                    load_safetensors, one_line, require_state_dict, safe_torch_load)
 
 CFE_WIDTHS = (32, 64, 96, 128)  # the release's CFE widths, one stride-2 stage each
 CFE_NEGATIVE_SLOPE = 0.1  # AirNet's CBDE, which Fig. 3's CFE follows (paper: "LReLU", slope not stated)
 RANDOM_SEMANTIC_SEED = 0  # random DINO weights (semantic_pretrained None) are the same in every process
+SEMANTIC_WEIGHTS = 'DINO-v2 weights (semantic_pretrained)'
 SEMANTIC_WEIGHTS_HELP = (
     'the Hugging Face repo timm/vit_base_patch14_dinov2.lvd142m, file model.safetensors '
     '(https://huggingface.co/timm/vit_base_patch14_dinov2.lvd142m/resolve/main/model.safetensors), or Meta\'s '
@@ -76,24 +78,22 @@ class CompactFeatureExtraction(nn.Module):
 def _semantic_file_state(path: str) -> Dict[str, torch.Tensor]:
     """The tensors of a local DINO-v2 weights file (``.safetensors`` or a torch file)."""
     if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path)
-    state = safe_torch_load(path, 'DINO-v2 weights (semantic_pretrained)')
-    if not isinstance(state, dict):
-        raise ValueError(f'semantic_pretrained: {path!r} holds a {type(state).__name__}, not a state dict; use '
-                         f'{SEMANTIC_WEIGHTS_HELP}.')
-    return state
+        return load_safetensors(path, SEMANTIC_WEIGHTS)
+    return require_state_dict(safe_torch_load(path, SEMANTIC_WEIGHTS), path, SEMANTIC_WEIGHTS,
+                              f'use {SEMANTIC_WEIGHTS_HELP}')
 
 
 def _load_semantic_file(vit: nn.Module, path: str) -> None:
     """Load a timm- or Meta-format DINO-v2 file into ``vit`` (position embedding resampled by timm)."""
     from timm.models.vision_transformer import checkpoint_filter_fn
-    try:
-        vit.load_state_dict(checkpoint_filter_fn(_semantic_file_state(path), vit))
-    except (RuntimeError, KeyError) as error:
-        raise ValueError(f'semantic_pretrained: {path!r} does not fit the timm model {vit.default_cfg["architecture"]}'
-                         f' ({str(error)[:300]}). Use {SEMANTIC_WEIGHTS_HELP}, or set semantic_model to the '
-                         'model the file was saved from.') from error
+    state = _semantic_file_state(path)
+    fix = f'use {SEMANTIC_WEIGHTS_HELP}, or set semantic_model to the model the file was saved from'
+    try:  # timm renames Meta's keys and resamples the position embedding
+        state = checkpoint_filter_fn(state, vit)
+    except Exception as error:  # noqa: BLE001 -- whatever timm raises on another model's state dict
+        raise WrongContentsError(f'{SEMANTIC_WEIGHTS} {path} does not fit the timm model '
+                                 f'{vit.default_cfg["architecture"]} ({one_line(error, 300)}): {fix}.') from error
+    load_checked_state_dict(vit, state, path, SEMANTIC_WEIGHTS, fix)
 
 
 def _is_path_like(value: str) -> bool:
@@ -119,15 +119,16 @@ def build_semantic_vit(model_name: str, pretrained: Optional[str], image_size: i
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEMANTIC_SEED)
             return timm.create_model(model_name, pretrained=False, **kwargs)
-    if osp.isfile(pretrained):
+    if osp.isfile(pretrained) or osp.isdir(pretrained):
+        check_file(pretrained, SEMANTIC_WEIGHTS)
         vit = timm.create_model(model_name, pretrained=False, **kwargs)
         _load_semantic_file(vit, pretrained)
         return vit
     tags = [name.split('.', 1)[1] for name in timm.list_pretrained(f'{model_name}.*')]
     if pretrained not in tags:
         if _is_path_like(pretrained):
-            raise FileNotFoundError(f'semantic_pretrained: the DINO-v2 weights file {pretrained!r} does not exist. '
-                                    f'Download {SEMANTIC_WEIGHTS_HELP} and set semantic_pretrained to its path.')
+            raise MissingFileError(f'{SEMANTIC_WEIGHTS} {pretrained} does not exist: '
+                                   f'download {SEMANTIC_WEIGHTS_HELP} and set semantic_pretrained to its path.')
         raise ValueError(f'semantic_pretrained: {pretrained!r} is neither a file nor a timm tag of {model_name} '
                          f'(tags: {", ".join(tags) or "none"}); ~ (None) gives random weights.')
     try:

@@ -34,6 +34,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlunet.archs.degradation_clip_arch import CLIP_INPUT_SIZE, build_backbone, register_backbone_config
+from vlunet.utils.safe_load import WrongContentsError
 
 QUALITY_WORDS = ('terrible', 'mediocre', 'excellent')
 PLACEHOLDER_WORD = 'X'
@@ -147,8 +148,8 @@ class QualityPrompts(nn.Module):
         vectors = state.get(PROMPT_KEY) if isinstance(state, dict) else None
         if not isinstance(vectors, torch.Tensor) or vectors.shape != self.prompt_vectors.shape:
             found = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
-            raise ValueError(f'{path}: expected {PROMPT_KEY!r} of shape {tuple(self.prompt_vectors.shape)} (words '
-                             f'{self.words}, num_vectors {self.num_vectors}, backbone {self.backbone_name}), got '
-                             f'{found}.')
+            raise WrongContentsError(f'{path}: expected {PROMPT_KEY!r} of shape {tuple(self.prompt_vectors.shape)} '
+                                     f'(words {self.words}, num_vectors {self.num_vectors}, backbone '
+                                     f'{self.backbone_name}), got {found}.')
         with torch.no_grad():
             self.prompt_vectors.copy_(vectors)

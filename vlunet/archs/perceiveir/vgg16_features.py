@@ -27,7 +27,7 @@ from basicsr.utils import get_root_logger
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg
 
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import WrongContentsError, safe_torch_load
 from vlunet.utils.weight_files import RANDOM_WEIGHTS, resolve_weights_file
 
 VGG16_LAYER_NAMES = tuple(NAMES['vgg16'])
@@ -61,9 +61,10 @@ def _load_features(features: nn.Sequential, path: str, option: str) -> None:
     found = {key[len(FEATURES_PREFIX):]: value for key, value in state.items()
              if isinstance(key, str) and key.startswith(FEATURES_PREFIX)} if isinstance(state, dict) else {}
     missing = [key for key in needed if key not in found]
-    wrong = [key for key in needed if key in found and found[key].shape != needed[key].shape]
+    wrong = [key for key in needed if key in found and getattr(found[key], 'shape', None) != needed[key].shape]
     if missing or wrong:
-        raise ValueError(f'{option}: {path} is not a VGG-16 state dict ({VGG16_WEIGHTS_FILE}, {VGG16_WEIGHTS_URL}): '
+        raise WrongContentsError(f'{option}: {path} is not a VGG-16 state dict ({VGG16_WEIGHTS_FILE}, '
+                                 f'{VGG16_WEIGHTS_URL}): '
                          f'missing {[FEATURES_PREFIX + k for k in missing][:4]}, wrong shapes '
                          f'{[FEATURES_PREFIX + k for k in wrong][:4]}.')
     features.load_state_dict({key: found[key] for key in needed})

@@ -24,7 +24,6 @@ the text tower is then dropped. The frozen CLIP image tower (``image_encoder``, 
 ``requires_grad=False``) encodes I_r exactly as stage 1 did (clamp to [0, 1], bicubic resize to
 224², OpenAI mean/std, L2 normalisation), so gradients flow through it into ``restored`` only.
 """
-import os.path as osp
 from typing import Optional
 
 import torch
@@ -35,7 +34,7 @@ from torch import nn
 
 from vlunet.archs.degradation_clip_arch import register_backbone_config
 from vlunet.archs.perceiveir.perceiveir_prompts_arch import PROMPT_KEY, QualityPrompts, clip_resize_normalize
-from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.safe_load import WrongContentsError, check_file, safe_torch_load
 
 PROMPTS_FILE_HELP = ('the stage-1 prompts file experiments/<name>/models/net_prompts_<iter>.pth written by '
                      'vlunet/train.py -opt options/perceiveir/train_perceiveir_prompts.yml (QualityPromptModel)')
@@ -45,17 +44,18 @@ def read_prompts_file(path: Optional[str]) -> dict:
     """The checked contents of a stage-1 prompts file (see the module docstring)."""
     if not path:
         raise ValueError(f'QualityPromptLoss prompts_path: not set; give {PROMPTS_FILE_HELP}.')
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'QualityPromptLoss prompts_path: {path} does not exist; give {PROMPTS_FILE_HELP}.')
-    checkpoint = safe_torch_load(path, 'QualityPromptLoss prompts_path (stage-1 quality prompts)')
+    description = 'QualityPromptLoss prompts_path (stage-1 quality prompts)'
+    check_file(path, description, f'give {PROMPTS_FILE_HELP}')
+    checkpoint = safe_torch_load(path, description)
     params = checkpoint.get('params') if isinstance(checkpoint, dict) else None
     words = checkpoint.get('words') if isinstance(checkpoint, dict) else None
     if not (isinstance(params, dict) and isinstance(params.get(PROMPT_KEY), torch.Tensor)
             and isinstance(words, list) and isinstance(checkpoint.get('num_vectors'), int)
             and isinstance(checkpoint.get('backbone'), str)):
-        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f'QualityPromptLoss prompts_path: {path} is not a stage-1 prompts file (expected params.'
-                         f'{PROMPT_KEY}, words, num_vectors and backbone; found {found}); give {PROMPTS_FILE_HELP}.')
+        found = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise WrongContentsError(f'QualityPromptLoss prompts_path: {path} is not a stage-1 prompts file (expected '
+                                 f'params.{PROMPT_KEY}, words, num_vectors and backbone; found {found}); give '
+                                 f'{PROMPTS_FILE_HELP}.')
     return checkpoint
 
 
