@@ -21,7 +21,7 @@ import yaml
 from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
-from vlunet import compat
+from vlunet import command_line
 from vlunet.options import OptionError, check_option_file
 from vlunet.utils.registration import import_modules_by_suffix
 
@@ -57,14 +57,14 @@ def test_every_plugin_file_is_imported_and_its_classes_resolve():
 def test_a_plugin_file_imported_under_another_module_name_keeps_the_first_registration():
     from basicsr.utils.registry import ARCH_REGISTRY, METRIC_REGISTRY
     before = _plugin_entries()
-    for name, path in (('vlunet_arch_by_path', ('archs', 'vlunet_arch.py')),
+    for name, path in (('vlunet_arch_by_path', ('archs', 'vlunet', 'vlunet_arch.py')),
                        ('restoration_metric_by_path', ('metrics', 'restoration_metric.py'))):
         spec = importlib.util.spec_from_file_location(name, osp.join(REPO_ROOT, 'vlunet', *path))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)  # BasicSR alone: "An object named 'VLUNet' was already registered"
     assert module.calculate_psnr_float_rgb is not METRIC_REGISTRY.get('calculate_psnr_float_rgb')
     assert _plugin_entries() == before  # the same definitions: the first registrations stay
-    message = (r"arch registry: 'VLUNet' is already registered by vlunet\.archs\.vlunet_arch\.VLUNet \(.*vlunet_arch"
+    message = (r"arch registry: 'VLUNet' is already registered by vlunet\.archs\.vlunet\.vlunet_arch\.VLUNet \(.*vlunet_arch"
                r"\.py\); test_foundation\..*VLUNet \(.*test_foundation\.py\) is another object with that name: rename")
     with pytest.raises(ValueError, match=message):
         @ARCH_REGISTRY.register()
@@ -115,7 +115,7 @@ def test_import_vlunet_before_basicsr_in_a_fresh_interpreter():
 
 def test_local_rank_spellings_are_normalised():
     argv = ['train.py', '-opt', 'x.yml', '--local-rank=1', '--local-rank', '2', '--local_rank=3']
-    assert compat.normalize_local_rank_argument(argv) == [
+    assert command_line.normalize_local_rank_argument(argv) == [
         'train.py', '-opt', 'x.yml', '--local_rank=1', '--local_rank', '2', '--local_rank=3']
 
 

@@ -9,7 +9,11 @@ libraries used by a few components only (open_clip, scikit-image) are imported w
 """
 from vlunet import compat
 
-compat.apply()
+compat.apply()  # before anything imports basicsr
+
+from vlunet import basicsr_entry_points  # noqa: E402
+
+basicsr_entry_points.install()
 
 from vlunet import archs, data, losses, metrics, models  # noqa: E402,F401  (registration)
 

@@ -1,46 +1,20 @@
 """Shared start-up of ``vlunet.train`` and ``vlunet.test``: argv fix-up, option checking, console verbosity."""
-import argparse
 import contextlib
 import io
 import os
 import sys
-from typing import Callable, List
+from typing import Callable
 
 import torch
 from torch import distributed
 
-from vlunet import compat
-from vlunet.options import OptionError, check_option_file
+from vlunet.command_line import VERBOSE_FLAG, check_command_line, normalize_local_rank_argument
 from vlunet.utils import console_log
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.cpu_threads import use_cpu_threads
 from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
 from vlunet.utils.training_interrupts import run_test, run_training
 from vlunet.utils.safe_load import report_bad_files
-
-VERBOSE_FLAG = '--verbose'
-
-
-def check_command_line(argv: List[str], is_train: bool) -> None:
-    """Check the ``-opt`` file with the ``--force_yml`` overrides applied, as BasicSR will use it.
-
-    Exits with the problems (printed by rank 0 only) before anything is created; prints the warnings.
-    """
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt')
-    parser.add_argument('--force_yml', nargs='+')
-    parser.add_argument('--auto_resume', action='store_true')
-    known, _ = parser.parse_known_args(argv[1:])
-    if known.opt is None:
-        return  # BasicSR's parser reports the missing -opt
-    is_rank_0 = int(os.environ.get('RANK', 0)) == 0
-    try:
-        warnings = check_option_file(known.opt, is_train, known.force_yml, known.auto_resume)
-    except OptionError as err:
-        sys.exit(f'error: {err}' if is_rank_0 else 1)
-    for warning in warnings if is_rank_0 else ():
-        print(f'warning: {known.opt}: {warning}', file=sys.stderr, flush=True)
-
 
 def print_help(pipeline: Callable[[str], None]) -> None:
     """BasicSR's ``--help`` (its parser prints it and exits in the pipeline's first call), with ``--verbose`` added."""
@@ -65,7 +39,7 @@ def run_pipeline(pipeline: Callable[[str], None], is_train: bool) -> None:
     open can abort with SIGABRT at interpreter shutdown).
     """
     keep_freed_memory_in_entry_point()
-    sys.argv = compat.normalize_local_rank_argument(sys.argv)
+    sys.argv = normalize_local_rank_argument(sys.argv)
     verbose = VERBOSE_FLAG in sys.argv
     console_log.set_verbose(verbose)
     sys.argv = [arg for arg in sys.argv if arg != VERBOSE_FLAG]  # ours, unknown to BasicSR's parser
