@@ -79,6 +79,8 @@ setup(
         'console_scripts': [
             'vlunet-train = vlunet.train:main',
             'vlunet-test = vlunet.test:main',
+            'vlunet-restore = vlunet.commands.restore:console_main',
+            'vlunet-convert = vlunet.commands.convert:main',
             'vlunet-export = vlunet.commands.export:main',
             'vlunet-prepare-data = vlunet.commands.prepare_data:main',
             'vlunet-compare = vlunet.compare.cli:main',

@@ -1,7 +1,6 @@
 """Official checkpoint conversion: Lightning .ckpt and clip_tuned.pth in, BasicSR weight files out; download checks."""
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -10,7 +9,7 @@ import open_clip
 import pytest
 import torch
 
-from helpers import FIXTURES, REPO_ROOT
+from helpers import FIXTURES, REPO_ROOT, load_script
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
@@ -65,10 +64,7 @@ def single_haze_checkpoint(tmp_path_factory) -> str:
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location('convert_official_checkpoint', SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_script('convert_official_checkpoint')
 
 
 def load_params(path: str) -> dict:

@@ -24,7 +24,8 @@ TINY_CLIP_CONFIG = {
 
 
 # scripts/<name>.py that run a command of the package: the tests import the command's module
-COMMAND_MODULES = {'export': 'vlunet.commands.export', 'prepare_datasets': 'vlunet.commands.prepare_data',
+COMMAND_MODULES = {'inference': 'vlunet.commands.restore', 'convert_official_checkpoint': 'vlunet.commands.convert',
+                   'export': 'vlunet.commands.export', 'prepare_datasets': 'vlunet.commands.prepare_data',
                    'compare': 'vlunet.compare.cli'}
 
 

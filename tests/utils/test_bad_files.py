@@ -266,7 +266,7 @@ def test_8_the_daclip_conversion_checks_shapes(tmp_path, capsys, tiny_clip_name)
                                                          *model.controller.conv1.weight.shape[1:])
     src = official_daclip_file(model, str(tmp_path / 'daclip_ViT-B-32.pt'))
     line = converter_error(tmp_path, capsys, src)
-    assert 'controller.conv1.weight: [65, 3, 32, 32] instead of [64, 3, 32, 32]' in line
+    assert 'controller.conv1.weight: (65, 3, 32, 32) instead of (64, 3, 32, 32)' in line
 
 
 def test_9_clean_failures_name_the_file_in_one_line(tmp_path, capsys, tiny_clip_name):

@@ -7,7 +7,6 @@ and a DA-CLIP-like file with a numpy scalar load; ``trusted=True`` / ``--trust-f
 a crafted file is unpickled.
 """
 import collections
-import importlib.util
 import os
 import os.path as osp
 import pickle
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, run_entry, smooth_image, write_image
+from helpers import REPO_ROOT, load_script, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
@@ -149,10 +148,7 @@ def test_daclip_like_file_with_a_numpy_scalar_loads(tmp_path):
 # ------------------------------------------------------------------ (a) the converter
 
 def _converter():
-    spec = importlib.util.spec_from_file_location('convert_official_checkpoint', CONVERTER)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_script('convert_official_checkpoint')
 
 
 def test_converter_refuses_a_crafted_checkpoint_and_converts_it_only_with_trust_file(tmp_path, capsys):

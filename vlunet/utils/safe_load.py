@@ -263,7 +263,7 @@ def state_dict_mismatches(expected: Mapping[str, Any], given: Mapping[str, Any],
     shape); keys of ``expected`` starting with an ``optional`` prefix may be missing."""
     def shape(value: Any) -> Tuple[int, ...]:
         return tuple(value.shape if isinstance(value, torch.Tensor) else value)
-    problems = [f'{key}: {list(shape(given[key]))} instead of {list(shape(value))}'
+    problems = [f'{key}: {shape(given[key])} instead of {shape(value)}'
                 for key, value in expected.items() if key in given and shape(given[key]) != shape(value)]
     missing = [key for key in expected if key not in given and not (optional and key.startswith(optional))]
     unexpected = [key for key in given if key not in expected]

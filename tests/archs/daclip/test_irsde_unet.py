@@ -4,16 +4,14 @@ Facts of the release (docs/daclip.md#the-conditional-u-net): parameter counts, s
 the meaning of ``time``, reflect padding to a multiple of 16, one-token cross-attention, zero-initialised
 transformer outputs. Tiny configurations for everything that runs a forward pass.
 """
-import importlib.util
 import math
-import os.path as osp
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO_ROOT
+from helpers import load_script
 from helpers.daclip_official_reference import OfficialConditionalUNet
 
 import vlunet  # noqa: F401
@@ -248,11 +246,7 @@ def test_bad_configurations_are_rejected_with_the_fix():
 
 
 def _convert_script():
-    spec = importlib.util.spec_from_file_location('convert_official_checkpoint',
-                                                  osp.join(REPO_ROOT, 'scripts', 'convert_official_checkpoint.py'))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_script('convert_official_checkpoint')
 
 
 def _convert(tmp_path, state, name='universal-ir.pth') -> int:
