@@ -1,4 +1,4 @@
-"""Fidelity decisions of issue 25 (items 10-14; docs/notes-first-hour.md): Perceive-IR stage 1 samples its triplets
+"""Fidelity decisions of issue 25 (items 10-14; docs/perceiveir.md#decisions): Perceive-IR stage 1 samples its triplets
 task-balanced by default, its prompt file says one thing about logit_scale, Perceive-IR trains with flips only,
 the IR-SDE files attribute the EMA to us and state the validation crops, and training inputs degraded on the fly
 are quantised to 8 bits like the test inputs."""
