@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlunet.archs.restormer_blocks import (ChannelLayerNorm, GatedFeedForward, TransposedSelfAttention,
-                                           channel_attention, pointwise)
+from vlunet.archs.restormer_blocks import ChannelLayerNorm, GatedFeedForward, TransposedSelfAttention
+from vlunet.ops.attention import channel_attention
+from vlunet.ops.channels_last import pointwise
 from vlunet.utils.safe_load import safe_torch_load
 
 CFE_WIDTHS = (32, 64, 96, 128)  # the release's CFE widths, one stride-2 stage each
