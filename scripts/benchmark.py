@@ -65,7 +65,7 @@ from vlunet.tiling.tiles import TileOptions, restore
 
 TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
 sys.path.insert(0, TESTS_DIR)
-from official_reference import OfficialVLUNet  # noqa: E402  (tests/ is not a package)
+from helpers.official_reference import OfficialVLUNet  # noqa: E402  (tests/ is not a package)
 
 SEED = 0
 Job = Callable[[], object]

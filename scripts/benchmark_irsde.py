@@ -50,7 +50,7 @@ def load_release_class(path: Optional[str]) -> type:
     """The release's ``ConditionalUNet`` from ``path`` (its ``DenoisingUNet_arch.py``), else the re-implementation."""
     if path is None:
         sys.path.insert(0, TESTS_DIR)
-        from daclip_official_reference import OfficialConditionalUNet
+        from helpers.daclip_official_reference import OfficialConditionalUNet
         return OfficialConditionalUNet
     if not osp.isfile(path):
         raise FileNotFoundError(f'--official-file {path}: no such file; give the release\'s '
