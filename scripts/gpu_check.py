@@ -462,7 +462,9 @@ def check_timing(device: str, tiny: bool, official: Dict[str, str], compile_back
     rows, notes = [], []
     for name in networks:
         net, inputs = build_timed_network(name, tiny, device)
-        variants = {'eager': net, 'compiled': compile_network(net, CompileOptions(True, backend=compile_backend))}
+        variants = {'eager': net}
+        if compile_backend != 'none':
+            variants['compiled'] = compile_network(net, CompileOptions(True, backend=compile_backend))
         if name in official:
             try:
                 variants['authors\' code'] = official_network(name, net, official[name], device)
@@ -509,7 +511,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--official-file', action='append', default=[], metavar='NETWORK=PATH',
                         help="the authors' code to time against: vlunet=PATH (net/Final.py) or irsde=PATH "
                              '(DenoisingUNet_arch.py); repeatable')
-    parser.add_argument('--compile-backend', help='torch.compile backend (default inductor; --tiny: aot_eager)')
+    parser.add_argument('--compile-backend', help="torch.compile backend (default inductor; --tiny: aot_eager); "
+                        "'none' leaves the compiled variant out")
     parser.add_argument('--repeats', type=int, help='timed runs per measurement (default 10; --tiny: 2)')
     return parser.parse_args(argv)
 
@@ -575,8 +578,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             report.record(step, {'ok': True, 'notes': ['skipped: torchrun with NCCL needs CUDA devices']})
             continue
         print(f'gpu_check: {step} ...', flush=True)
+        start = time.perf_counter()
         try:
-            report.record(step, checks[step]())
+            report.record(step, {**checks[step](), 'seconds': time.perf_counter() - start})
         except Missing as error:
             report.record(step, {'ok': False, 'error': str(error)})
         except Exception as error:  # noqa: BLE001 -- every step is reported; --verbose-like detail in the JSON
