@@ -373,7 +373,8 @@ TINY_NETWORKS = {
 
 
 def build_timed_network(name: str, tiny: bool, device: str):
-    """(network in eval mode, inputs(batch, size) -> keyword arguments) of a timed network, random weights."""
+    """(network in eval mode, inputs(batch, size) -> its forward arguments in order) of a timed network, random
+    weights."""
     import torch
     torch.manual_seed(0)
     if name == 'VLU-Net':
@@ -404,7 +405,7 @@ def official_network(name: str, ours, path: str, device: str):
         return build_baseline(ours, {'type': 'VLUNet'}, path, device).to(device).eval()
     if name == 'IR-SDE U-Net':
         from benchmark_irsde import load_release_class
-        release = load_release_class(path)(**{'context_dim': 512})
+        release = load_release_class(path)()  # the release's defaults: ours (nf 64, ch_mult 1 2 4 8, context 512)
         release.load_state_dict(ours.state_dict(), strict=True)
         return release.to(device).eval()
     raise Missing(f'--official-file {name}: no loader for the authors\' {name} here (VLU-Net and IR-SDE U-Net)')
@@ -436,7 +437,7 @@ def _forward_job(net, inputs: dict, precision: str, device: str) -> Callable[[],
 
     def run():
         with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=precision == 'bf16'):
-            return net(**inputs)
+            return net(*inputs.values())  # positionally: the authors' argument names differ
     return run
 
 
@@ -447,7 +448,7 @@ def _train_job(net, inputs: dict, precision: str, device: str) -> Callable[[], o
     def run():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == 'bf16'):
-            out = net(**inputs)
+            out = net(*inputs.values())  # positionally: the authors' argument names differ
         out = out[0] if isinstance(out, tuple) else out
         out.float().square().mean().backward()
         optimizer.step()
