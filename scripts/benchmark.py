@@ -17,7 +17,7 @@ weights or ``--weights`` = a converted checkpoint):
   ``--official-file PATH`` (a clone's ``net/Final.py``, imported from that path; its ``VLUNet`` gets
   our seeded random weights through ``plugin_to_official_state_dict``), or, with only
   ``--compare-official``, our re-implementation of the official forward
-  (``tests/official_reference.py``), labelled as such: it is not the authors' code;
+  (``tests/helpers/official_reference.py``), labelled as such: it is not the authors' code;
 - a training step (``--train-batch`` x ``--train-size``^2: forward, L1 loss, backward, AdamW);
 - peak memory of each measurement (CPU: peak RSS above the RSS before the measurement, each in a
   fresh subprocess; CUDA: ``torch.cuda.max_memory_allocated``);
@@ -69,7 +69,7 @@ from helpers.official_reference import OfficialVLUNet  # noqa: E402  (tests/ is 
 
 SEED = 0
 Job = Callable[[], object]
-REIMPLEMENTATION_LABEL = 're-implementation of the official forward (tests/official_reference.py)'
+REIMPLEMENTATION_LABEL = 're-implementation of the official forward (tests/helpers/official_reference.py)'
 # Our constructor argument -> the official ``VLUNet`` argument (net/Final.py); the rest must be the official values.
 OFFICIAL_ARGUMENTS = {'de_dim': 'de_dim', 'in_channels': 'inp_channels', 'out_channels': 'out_channels', 'dim': 'dim',
                       'num_blocks': 'num_blocks', 'num_refinement_blocks': 'num_refinement_blocks',
@@ -171,7 +171,7 @@ def build_baseline(net: nn.Module, net_opt: dict, official_file: Optional[str], 
     """The baseline network (eval mode) holding ``net``'s weights under the official key names.
 
     With ``official_file`` the authors' ``VLUNet`` from that file (strict ``load_state_dict``), else
-    :class:`OfficialVLUNet`, the re-implementation of the official forward in ``tests/official_reference.py``.
+    :class:`OfficialVLUNet`, the re-implementation of the official forward in ``tests/helpers/official_reference.py``.
     """
     state = official_state(net)
     if official_file is None:
@@ -373,7 +373,7 @@ def baseline_info(args: argparse.Namespace) -> Optional[dict]:
     if args.official_file:
         return {'kind': 'official-file', 'path': osp.abspath(args.official_file),
                 'label': f'the official code ({args.official_file}, class VLUNet)'}
-    return {'kind': 're-implementation', 'path': osp.join(TESTS_DIR, 'official_reference.py'),
+    return {'kind': 're-implementation', 'path': osp.join(TESTS_DIR, 'helpers', 'official_reference.py'),
             'label': REIMPLEMENTATION_LABEL}
 
 

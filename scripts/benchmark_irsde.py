@@ -2,7 +2,7 @@
 
 Usage:
     python scripts/benchmark_irsde.py --official-file ../universal-image-restoration/config/daclip-sde/models/modules/DenoisingUNet_arch.py
-    python scripts/benchmark_irsde.py                      # vs tests/daclip_official_reference.py
+    python scripts/benchmark_irsde.py                      # vs tests/helpers/daclip_official_reference.py
     python scripts/benchmark_irsde.py --restore-steps 100  # also one 100-step restoration of a --sizes[0] image
 
 Measures, for the released configuration (48,975,747 parameters; ``--arch-json`` for another):
@@ -12,7 +12,7 @@ Measures, for the released configuration (48,975,747 parameters; ``--arch-json``
   sampler's mode), and the max relative error max|ours − baseline| / max|baseline|. The baseline
   is the release's own ``DenoisingUNet_arch.py`` with ``--official-file`` (imported with its
   package, so its relative imports of ``module_util`` and ``attention`` resolve), or our literal
-  re-implementation of it (``tests/daclip_official_reference.py``), labelled as such. Weights: the
+  re-implementation of it (``tests/helpers/daclip_official_reference.py``), labelled as such. Weights: the
   baseline's own initialisation from ``--seed`` (zero-initialised transformer outputs as released;
   ``--randomize-zero`` draws them too, so the attention paths count in the error), copied into ours;
 - with ``--train-size``: a training step (forward, L1 loss, backward) of a ``--train-batch`` batch;
@@ -43,7 +43,7 @@ from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.models.daclip.irsde_sampler import IRSDERestoration
 
 TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
-REIMPLEMENTATION_LABEL = 're-implementation of the release (tests/daclip_official_reference.py)'
+REIMPLEMENTATION_LABEL = 're-implementation of the release (tests/helpers/daclip_official_reference.py)'
 
 
 def load_release_class(path: Optional[str]) -> type:
@@ -172,7 +172,7 @@ def markdown(results: dict) -> str:
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--official-file', metavar='PATH', help="the release's DenoisingUNet_arch.py "
-                        '(default: tests/daclip_official_reference.py, a re-implementation)')
+                        '(default: tests/helpers/daclip_official_reference.py, a re-implementation)')
     parser.add_argument('--arch-json', help='ConditionalUNet arguments as JSON (default: the released configuration)')
     parser.add_argument('--sizes', type=int, nargs='+', default=[256], help='square forward sizes')
     parser.add_argument('--repeats', type=int, default=5, help='timed runs per measurement')
