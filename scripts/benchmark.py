@@ -64,9 +64,9 @@ from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network
 from vlunet.inference import load_network_weights
 from vlunet.tiling.tiles import TileOptions, restore
 
-TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests', 'helpers')
+TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
 sys.path.insert(0, TESTS_DIR)
-from official_reference import OfficialVLUNet  # noqa: E402  (tests/ is not a package)
+from helpers.official_reference import OfficialVLUNet  # noqa: E402  (tests/ is not a package)
 
 SEED = 0
 Job = Callable[[], object]
@@ -352,7 +352,7 @@ def baseline_info(args: argparse.Namespace) -> Optional[dict]:
     if args.official_file:
         return {'kind': 'official-file', 'path': osp.abspath(args.official_file),
                 'label': f'the official code ({args.official_file}, class VLUNet)'}
-    return {'kind': 're-implementation', 'path': osp.join(TESTS_DIR, 'official_reference.py'),
+    return {'kind': 're-implementation', 'path': osp.join(TESTS_DIR, 'helpers', 'official_reference.py'),
             'label': REIMPLEMENTATION_LABEL}
 
 

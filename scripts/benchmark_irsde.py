@@ -42,7 +42,7 @@ from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.models.daclip.irsde_sampler import IRSDERestoration
 
-TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests', 'helpers')
+TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
 REIMPLEMENTATION_LABEL = 're-implementation of the release (tests/helpers/daclip_official_reference.py)'
 
 
@@ -50,7 +50,7 @@ def load_release_class(path: Optional[str]) -> type:
     """The release's ``ConditionalUNet`` from ``path`` (its ``DenoisingUNet_arch.py``), else the re-implementation."""
     if path is None:
         sys.path.insert(0, TESTS_DIR)
-        from daclip_official_reference import OfficialConditionalUNet
+        from helpers.daclip_official_reference import OfficialConditionalUNet
         return OfficialConditionalUNet
     if not osp.isfile(path):
         raise FileNotFoundError(f'--official-file {path}: no such file; give the release\'s '

@@ -73,10 +73,10 @@ def run_step(title: str, args: List[str], threads: int) -> None:
         sys.exit(f'demo: step "{title}" failed (see the messages above).')
 
 
-def write_demo_encoder(test_opt: dict) -> str:
-    """Save a seeded random DegradationCLIP (backbone + adapters) where the demo options expect it."""
+def write_demo_encoder(test_opt: dict, root: str = REPO_ROOT) -> str:
+    """Save a seeded random DegradationCLIP (backbone + adapters) where the demo options expect it (under ``root``)."""
     encoder_opt = dict(test_opt['degradation_encoder'])
-    path = osp.join(REPO_ROOT, encoder_opt.pop('pretrained'))
+    path = osp.join(root, encoder_opt.pop('pretrained'))
     if not osp.isfile(path):
         torch.manual_seed(0)
         atomic_torch_save({'params': build_network(dict(encoder_opt, pretrained=None)).state_dict()}, path)

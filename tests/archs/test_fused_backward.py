@@ -1,14 +1,13 @@
 """The float32 training paths give the generic paths' values and gradients: the attentions' hand-written backward
-(vlunet.archs.restormer_backward: one channels-last gradient map, all-zero channels handled) and the GDFN's
+(vlunet.ops.attention_backward: one channels-last gradient map, all-zero channels handled) and the GDFN's
 separate gate and content maps. They are used only where they apply (float32 training)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vlunet.archs import restormer_blocks
-from vlunet.archs.vlunet import gradient_step
 from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
-from vlunet.archs.restormer_backward import AttentionChannels, fused_projected_attention
+from vlunet.ops import dispatch
+from vlunet.ops.attention_backward import AttentionChannels, fused_projected_attention
 from vlunet.archs.restormer_blocks import GatedFeedForward, TransposedSelfAttention
 
 
@@ -49,8 +48,7 @@ def assert_same_as_autograd(monkeypatch, run, inputs, fused_only: str, plain_onl
     assert fused_only in backward_nodes(out) and plain_only not in backward_nodes(out)
     grad_out = torch.randn(out.shape)
     fused, fused_grads = outputs_and_gradients(run, inputs, grad_out)
-    for module in (restormer_blocks, gradient_step):
-        monkeypatch.setattr(module, 'fused_backward_allowed', lambda x: False)
+    monkeypatch.setattr(dispatch, 'fused_backward_allowed', lambda x: False)
     plain, plain_grads = outputs_and_gradients(run, inputs, grad_out)
     assert fused_only not in backward_nodes(plain) and plain_only in backward_nodes(plain)
     assert torch.allclose(fused, plain, rtol=1e-5, atol=1e-6)
@@ -124,7 +122,7 @@ def test_used_only_for_float32_training_on_cpu():
         assert 'SplitBackward0' in backward_nodes(ffn(x))
     with torch.no_grad():
         assert attention(x).grad_fn is None
-    assert restormer_blocks.fused_backward_allowed(x)
-    assert not restormer_blocks.fused_backward_allowed(torch.empty(1, 8, 4, 4, device='meta').contiguous(
+    assert dispatch.fused_backward_allowed(x)
+    assert not dispatch.fused_backward_allowed(torch.empty(1, 8, 4, 4, device='meta').contiguous(
         memory_format=torch.channels_last))  # CPU only: CUDA keeps autograd's path
     assert '_ProjectedChannelAttentionBackward' not in backward_nodes(attention.double()(x.double()))

@@ -7,7 +7,7 @@ import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from helpers.networks import channels_last_tensor, randomised, relative_error, tiny_net
-from vlunet.archs import restormer_blocks
+from vlunet.ops import bands
 from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
 from vlunet.archs.restormer_blocks import (GatedFeedForward, TransformerBlock, TransformerBlocks,
                                            TransposedSelfAttention)
@@ -19,10 +19,10 @@ BANDED = {'bands': 2 * 24 * 11 * 4, 'whole maps': 1 << 40}
 @pytest.fixture(params=sorted(BANDED))
 def band_bytes(request, monkeypatch):
     """Runs the test in bands and with whole maps, and checks that bands were (not) used."""
-    monkeypatch.setattr(restormer_blocks, 'BAND_BYTES', BANDED[request.param])
+    monkeypatch.setattr(bands, 'BAND_BYTES', BANDED[request.param])
     calls = []
-    original = restormer_blocks.depthwise_bands
-    monkeypatch.setattr(restormer_blocks, 'depthwise_bands', lambda *args: calls.append(args) or original(*args))
+    original = bands.depthwise_bands
+    monkeypatch.setattr(bands, 'depthwise_bands', lambda *args: calls.append(args) or original(*args))
     yield
     assert bool(calls) == (request.param == 'bands')
 

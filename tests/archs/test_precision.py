@@ -7,7 +7,7 @@ import torch
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from helpers import smooth_image
 from helpers.networks import relative_error
-from vlunet.archs.restormer_blocks import channel_attention
+from vlunet.ops.attention import channel_attention
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
 
 REDUCED = {'fp16': torch.float16, 'bf16': torch.bfloat16}

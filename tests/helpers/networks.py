@@ -3,7 +3,7 @@ import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from helpers import TINY_CLIP_CONFIG, register_clip_config
-from vlunet.archs import restormer_blocks
+from vlunet.ops.weight_layout import store_weights_channels_last
 from vlunet.archs.daclip.daclip_arch import DACLIP
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
 
@@ -41,7 +41,7 @@ def randomised(module: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         for parameter in module.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    restormer_blocks.store_weights_channels_last(module)
+    store_weights_channels_last(module)
     return module
 
 

@@ -23,8 +23,8 @@ Beyond SRModel:
   warm-up (``train.warmup_iter``) unchanged;
 - checkpoints and training states written atomically;
 - optional mixed precision (top-level ``amp: {enabled, dtype}``: bf16 on CPU/CUDA, fp16 on CUDA
-  with a GradScaler whose state is kept in the training state for resume) and ``compile: true``
-  (``torch.compile`` of the training forward), both off by default (:mod:`vlunet.utils.precision`);
+  with a GradScaler whose state is kept in the training state for resume) and ``compile: true`` (or
+  ``{enabled, mode, backend, dynamic}``: ``torch.compile`` of the training forward), both off by default (:mod:`vlunet.utils.precision`);
 - validation/testing with optional tiling (top-level ``tile: auto`` or ``{size, overlap, batch}``, see
   :mod:`vlunet.tiling.tiles`; d is computed once from the whole image and passed to every tile),
   BasicSR uint8 metrics and float-RGB metrics (:mod:`vlunet.metrics.restoration_metric`), dataset-level
@@ -58,7 +58,8 @@ from vlunet.utils.validation_record import ValidationRecord
 from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
 from vlunet.models.checkpoint_options import OPTIONS_KEY, carried_options
 from vlunet.utils.console_log import drop_messages
-from vlunet.utils.precision import autocast, compile_network, make_grad_scaler, parse_amp_options
+from vlunet.utils.precision import (autocast, compile_network, make_grad_scaler, parse_amp_options,
+                                    parse_compile_options)
 from vlunet.utils.results_table import format_markdown, write_results_table
 from vlunet.tiling.memory_model import network_memory_key
 from vlunet.tiling.tiles import TilePlan, parse_tile_options, restore, tile_problems
@@ -77,7 +78,7 @@ class GuidedRestorationModel(TrainingStateMixin, SRModel):
         super().__init__(opt)
         self.amp = parse_amp_options(opt.get('amp'))
         self.grad_scaler = make_grad_scaler(self.amp, self.device) if self.is_train else None
-        self.training_forward_net = compile_network(self.net_g, bool(opt.get('compile', False)))
+        self.training_forward_net = compile_network(self.net_g, parse_compile_options(opt.get('compile')))
         self.degradation_encoder = build_degradation_encoder(
             opt.get('degradation_encoder'), opt['path'].get(WEIGHTS_KEY), self.device)
         self.degradation: Optional[torch.Tensor] = None

@@ -15,7 +15,7 @@ memory the forward allocates above what was allocated before it:
 The fit is cached in memory per (network configuration, device, grad mode, autocast dtype, input
 dtype and channels): a process measures each network once (two small profiled forwards; the
 official-size VLU-Net: 7.4 kB per pixel, no fixed part, about twice a plain 128² forward). The
-measurements compute whole maps (:func:`~vlunet.archs.restormer_blocks.whole_maps`): on large images the
+measurements compute whole maps (:func:`~vlunet.ops.dispatch.whole_maps`): on large images the
 Restormer blocks work in bands of rows without autograd, which only lowers the peak, so the fit is an
 upper bound there.
 Predictions are multiplied by :data:`MEMORY_MARGIN` for what the torch allocator does not see (the
@@ -37,7 +37,7 @@ import psutil
 import torch
 from torch import nn
 
-from vlunet.archs.restormer_blocks import whole_maps
+from vlunet.ops.dispatch import whole_maps
 from vlunet.utils.cpu_memory import held_free_bytes
 
 ImageFunction = Callable[[torch.Tensor], torch.Tensor]

@@ -6,6 +6,7 @@ Option file (top level)::
       enabled: true
       dtype: bf16        # bf16 (CPU or CUDA) or fp16 (CUDA; needs the GradScaler for training)
     compile: false       # true: torch.compile the network (slow first iterations while it compiles)
+    # or: compile: {enabled: true, mode: max-autotune, backend: inductor, dynamic: null}  (torch.compile's arguments)
 
 ``autocast(amp, device)`` wraps the forward pass (and the loss); ``make_grad_scaler(amp, device)``
 returns a ``torch.amp.GradScaler`` only where one is needed (fp16 training), else None: then call
@@ -17,7 +18,7 @@ accumulate low-precision inputs in float32). On CPU, bf16 pays off only with nat
 """
 import contextlib
 from dataclasses import dataclass
-from typing import ContextManager, Optional
+from typing import ContextManager, Optional, Union
 
 import torch
 from torch import nn
@@ -64,10 +65,51 @@ def make_grad_scaler(amp: AmpOptions, device: torch.device) -> Optional[torch.am
     return torch.amp.GradScaler(torch.device(device).type)
 
 
-def compile_network(net: nn.Module, enabled: bool) -> nn.Module:
-    """``torch.compile(net)`` when enabled, else ``net``.
+@dataclass(frozen=True)
+class CompileOptions:
+    """``torch.compile`` on/off and its arguments (None: torch's default)."""
+    enabled: bool = False
+    mode: Optional[str] = None
+    backend: str = 'inductor'
+    dynamic: Optional[bool] = None
+
+
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+def parse_compile_options(section: Union[None, bool, dict]) -> CompileOptions:
+    """Read the option-file ``compile:`` key: absent/null/false = off, true = on, or a mapping
+    ``{enabled, mode, backend, dynamic}``; one clear error for a bad value."""
+    if section is None or isinstance(section, bool):
+        return CompileOptions(bool(section))
+    if not isinstance(section, dict):
+        raise ValueError(f'compile: expected true, false or a mapping like {{enabled: true, mode: max-autotune}}, '
+                         f'got {section!r}.')
+    unknown = set(section) - {'enabled', 'mode', 'backend', 'dynamic'}
+    if unknown:
+        raise ValueError(f'compile: unknown keys {sorted(unknown)}; allowed: enabled, mode, backend, dynamic.')
+    enabled, mode, dynamic = section.get('enabled', True), section.get('mode'), section.get('dynamic')
+    backend = section.get('backend', 'inductor')
+    if not isinstance(enabled, bool):
+        raise ValueError(f'compile.enabled: expected true or false, got {enabled!r}.')
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f'compile.mode: expected one of {list(COMPILE_MODES)}, got {mode!r}.')
+    if not isinstance(backend, str) or backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise ValueError(f'compile.backend: expected one of {torch.compiler.list_backends(exclude_tags=())}, '
+                         f'got {backend!r}.')
+    if dynamic is not None and not isinstance(dynamic, bool):
+        raise ValueError(f'compile.dynamic: expected true, false or null, got {dynamic!r}.')
+    return CompileOptions(enabled, mode, backend, dynamic)
+
+
+def compile_network(net: nn.Module, options: Union[bool, CompileOptions]) -> nn.Module:
+    """``torch.compile(net, ...)`` when enabled (``options``: a bool or :class:`CompileOptions`), else ``net``.
 
     The compiled module shares ``net``'s parameters, but its state dict keys gain ``_orig_mod.``:
-    use the returned module for forward passes and keep saving/loading ``net`` itself.
+    use the returned module for forward passes and keep saving/loading ``net`` itself. Under graph capture the
+    blocks leave out the fast paths that depend on the input size (:mod:`vlunet.ops.dispatch`).
     """
-    return torch.compile(net) if enabled else net
+    options = options if isinstance(options, CompileOptions) else CompileOptions(bool(options))
+    if not options.enabled:
+        return net
+    return torch.compile(net, mode=options.mode, backend=options.backend, dynamic=options.dynamic)

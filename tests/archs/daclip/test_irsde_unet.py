@@ -16,7 +16,7 @@ from helpers.daclip_official_reference import OfficialConditionalUNet
 
 import vlunet  # noqa: F401
 from basicsr.utils.registry import ARCH_REGISTRY
-from vlunet.archs import restormer_blocks
+from vlunet.ops import bands
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.archs.daclip.irsde_unet_blocks import SinusoidalTimeEmbedding, SpatialTransformer
 from vlunet.convert.irsde_checkpoint import is_irsde_unet_file, network_config
@@ -189,7 +189,7 @@ def test_matches_the_release_computation(height, width, time):
 def test_inference_in_bands_of_positions_matches_the_release(monkeypatch):
     """Without autograd the linear attention works in bands of positions; tiny bands (a few rows, uneven last
     band, two images) still give the release's values."""
-    monkeypatch.setattr(restormer_blocks, 'BAND_BYTES', 3000)
+    monkeypatch.setattr(bands, 'BAND_BYTES', 3000)
     release, ours = _release_and_ours(seed=2)
     xt, cond, text, image = _inputs(2, 21, 37)
     with torch.no_grad():

@@ -8,7 +8,9 @@ import vlunet  # noqa: F401  (compat shim before basicsr)
 from helpers.official_reference import OfficialVLUNet
 from helpers.networks import relative_error
 from helpers.networks import tiny_net as arch_tiny_net
-from vlunet.archs.restormer_blocks import (TransformerBlock, channel_attention, pointwise, projected_attention)
+from vlunet.archs.restormer_blocks import TransformerBlock
+from vlunet.ops.attention import channel_attention, projected_attention
+from vlunet.ops.channels_last import pointwise
 from vlunet.convert.vlunet_checkpoint import official_to_plugin_key, plugin_to_official_state_dict
 
 

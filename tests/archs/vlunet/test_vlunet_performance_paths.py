@@ -18,7 +18,7 @@ from helpers.official_reference import OfficialVLUNet, official_forward
 from helpers.networks import relative_error
 from helpers.networks import tiny_net as arch_tiny_net
 from vlunet.archs.padding import pad_to_multiple
-from vlunet.archs.restormer_blocks import channel_attention
+from vlunet.ops.attention import channel_attention
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 from vlunet.utils.precision import AmpOptions, autocast, make_grad_scaler, parse_amp_options

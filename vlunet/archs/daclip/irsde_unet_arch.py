@@ -51,7 +51,7 @@ from torch import nn
 from vlunet.archs.daclip.irsde_unet_blocks import (LinearAttention, PreNorm, Residual, SinusoidalTimeEmbedding,
                                             SpatialTransformer, TimeConditionedResBlock, conv, downsample, upsample)
 from vlunet.archs.padding import pad_to_multiple
-from vlunet.archs.restormer_blocks import store_weights_channels_last
+from vlunet.ops.weight_layout import store_weights_channels_last
 
 HEAD_CHANNELS = 32  # channels per head of the spatial transformers
 FIRST_TRANSFORMER_LEVEL = 3  # levels below this one use linear attention

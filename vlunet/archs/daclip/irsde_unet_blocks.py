@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vlunet.archs.channels_last_math import as_map, pixel_rows
-from vlunet.archs.restormer_blocks import bands_allowed, pointwise, row_bands
+from vlunet.ops.bands import row_bands
+from vlunet.ops.channels_last import as_map, pixel_rows, pointwise
+from vlunet.ops.dispatch import bands_allowed
 
 
 def works_in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:
@@ -240,7 +241,7 @@ class LinearAttention(nn.Module):
     def _summary(self, tokens: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor) -> torch.Tensor:
         """softmax(k) · vᵀ per head over all N positions: (B, N, dim) -> (B, heads, d, e)."""
         k = torch.bmm(w_k.expand(tokens.shape[0], -1, -1), tokens.transpose(1, 2))  # (B, heads·d, N)
-        if not bands_allowed():
+        if not bands_allowed(tokens):
             return self._head_products(k.softmax(dim=-1), tokens @ w_v.t())
         k = k.sub_(k.amax(dim=-1, keepdim=True)).exp_()
         products = sum(self._head_products(k[:, :, start:start + len_band], band @ w_v.t())
@@ -255,7 +256,7 @@ class LinearAttention(nn.Module):
         projection = self.to_out[0].weight.flatten(1).t().unflatten(0, (self.heads, -1))  # (heads, e, dim)
         merged = (summary @ projection).flatten(1, 2)  # (B, heads·d, dim)
         bias = self.to_out[0].bias.to(merged.dtype).expand(batch, 1, dim)
-        if not bands_allowed():
+        if not bands_allowed(x):
             out = torch.baddbmm(bias, self._query(tokens, w_q), merged)
         else:
             out = torch.cat([torch.baddbmm(bias, self._query(band, w_q), merged)

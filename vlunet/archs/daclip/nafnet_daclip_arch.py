@@ -56,7 +56,7 @@ the block's convolutions run on channels-last maps; with contiguous weights thei
 channels-last (the depthwise conv2 always; the 1×1 convs as the CPU backend chose, e.g. with 2 threads and
 batch 2), and DDP copied them into its buckets with the warning "Grad strides do not match bucket view
 strides". The blocks' convolution weights are therefore stored channels-last
-(:func:`~vlunet.archs.restormer_blocks.store_weights_channels_last`), which makes every backend compute
+(:func:`~vlunet.ops.weight_layout.store_weights_channels_last`), which makes every backend compute
 in that layout and return gradients with the parameters' strides. These weights are all 1×1 or depthwise,
 so only the strides of their size-1 dimensions change (the memory order, ``is_contiguous()``, values,
 outputs and state-dict keys do not).
@@ -75,7 +75,7 @@ from torch import nn
 from vlunet.archs.daclip.irsde_unet_blocks import DegradationPrompt, MultiHeadAttention, SpatialTransformer
 from vlunet.archs.nafnet_blocks import NAFBlock, NAFBlocks, nafnet_downsample, nafnet_upsample
 from vlunet.archs.padding import crop_to, pad_to_multiple
-from vlunet.archs.restormer_blocks import store_weights_channels_last
+from vlunet.ops.weight_layout import store_weights_channels_last
 
 HEAD_CHANNELS = 32  # channels per attention head, as in the IR-SDE U-Net
 DEGRADATION_INPUTS = ('prompt', 'embedding')

@@ -80,7 +80,9 @@ from torch import nn
 
 from vlunet.archs.padding import crop_to, pad_to_multiple
 from vlunet.archs.perceiveir.perceiveir_blocks import CompactFeatureExtraction, FrozenDINOFeatures, GuidedLevel
-from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample, pointwise, store_weights_channels_last
+from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample
+from vlunet.ops.channels_last import pointwise
+from vlunet.ops.weight_layout import store_weights_channels_last
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
 BACKBONES = ('restormer',)

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlunet.archs.restormer_blocks import (ChannelLayerNorm, GatedFeedForward, TransposedSelfAttention,
-                                           channel_attention, pointwise)
+from vlunet.archs.restormer_blocks import ChannelLayerNorm, GatedFeedForward, TransposedSelfAttention
+from vlunet.ops.attention import channel_attention
+from vlunet.ops.channels_last import pointwise
 from vlunet.utils.safe_load import (MissingFileError, WrongContentsError, check_file, load_checked_state_dict,
                                     load_safetensors, one_line, require_state_dict, safe_torch_load)
 

@@ -9,16 +9,15 @@ The unfolded iteration solves ``min_x ||Phi(x) - y||^2 + prior(x)``; its data st
 - ``Phi^T`` is a transposed (channel) self-attention;
 - ``rho`` is a learnable scalar step size.
 """
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlunet.archs.restormer_backward import AttentionChannels, fused_projected_attention
-from vlunet.archs.restormer_blocks import (TransposedSelfAttention, attention_from_bands, banded, depthwise_bands,
-                                           fused_backward_allowed, one_image, per_image, pointwise, pointwise_weight,
-                                           project_values, projected_attention)
+from vlunet.archs.restormer_blocks import TransposedSelfAttention, scaled_sum
+from vlunet.ops import dispatch, fast_blocks
+from vlunet.ops.attention import channel_attention
 
 
 class DegradationCrossAttention(nn.Module):
@@ -38,32 +37,14 @@ class DegradationCrossAttention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor, key: torch.Tensor, subtract: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Phi(x, key), minus ``subtract`` (B, C, H, W) if given (fused into the output product)."""
-        bands = banded(x, self.qv.out_channels + self.k.out_channels)
-        if bands is not None and key.is_contiguous(memory_format=torch.channels_last):
-            return per_image(lambda i: self._image_in_bands(x[i:i + 1], key[i:i + 1], one_image(subtract, i), bands),
-                             x.shape[0])
-        query_value = self.qv_dwconv(pointwise(x, self.qv))
-        key = self.k_dwconv(pointwise(key, self.k))
-        if fused_backward_allowed(query_value) and key.is_contiguous(memory_format=torch.channels_last):
-            channels = key.shape[1]
-            layout = AttentionChannels(query=0, key=0, value=channels, channels=channels, heads=self.heads)
-            return fused_projected_attention(query_value, key, layout, self.temperature, self.project_out.weight,
-                                             residual=subtract, residual_weight=-1.0)
-        query, value = query_value.chunk(2, dim=1)
-        return projected_attention(query, key, value, self.temperature, self.heads, self.project_out,
-                                   residual=subtract, residual_weight=-1.0)
-
-    def _image_in_bands(self, image: torch.Tensor, key: torch.Tensor, subtract: Optional[torch.Tensor],
-                        bands: List[Tuple[int, int]]) -> torch.Tensor:
-        """One image (1, C, H, W) with q, v and k in bands of rows (no autograd; see
-        :func:`~vlunet.archs.restormer_blocks.attention_from_bands`)."""
-        qkv_bands = ((start, stop, query_value[:, :self.k.out_channels], key_band, query_value[:, self.k.out_channels:])
-                     for (start, stop, query_value), (_, _, key_band)
-                     in zip(depthwise_bands(image, pointwise_weight(self.qv), self.qv_dwconv.weight, bands),
-                            depthwise_bands(key, pointwise_weight(self.k), self.k_dwconv.weight, bands)))
-        attention, value = attention_from_bands(qkv_bands, image, self.temperature, self.heads)
-        return project_values(attention, value, self.project_out, subtract, residual_weight=-1.0)
+        """Phi(x, key), minus ``subtract`` (B, C, H, W) if given (fused into the output product on the fast path)."""
+        if not dispatch.fast_path_allowed('channels_last_products', x):
+            query, value = self.qv_dwconv(self.qv(x)).chunk(2, dim=1)
+            key = self.k_dwconv(self.k(key))
+            attended = channel_attention(query, key, value, self.temperature, self.heads)
+            return scaled_sum(self.project_out(attended), subtract, residual_weight=-1.0)
+        return fast_blocks.cross_attention(x, key, self.qv, self.qv_dwconv, self.k, self.k_dwconv, self.project_out,
+                                           self.temperature, self.heads, subtract)
 
 
 class DegradationGuidedGradientStep(nn.Module):
@@ -113,7 +94,8 @@ class DegradationGuidedGradientStep(nn.Module):
                 overwrite_input: bool = False) -> torch.Tensor:
         """x, degraded (the y-branch features): (B, C, H, W); degradation: (B, D) or None -> (B, C, H, W).
 
-        ``overwrite_input``: without autograd the step may be written into x (the caller no longer needs it).
+        ``overwrite_input``: on the fast path without autograd the step may be written into x (the caller no longer
+        needs it).
         """
         key = self.mixed_key(degradation, x.shape[0], x.shape[-2:])
         residual = self.degradation_operator(x, key, subtract=degraded)

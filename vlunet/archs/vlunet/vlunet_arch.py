@@ -38,7 +38,9 @@ from torch import nn
 
 from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
 from vlunet.archs.padding import crop_to, pad_to_multiple
-from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample, pointwise, store_weights_channels_last
+from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample
+from vlunet.ops.channels_last import pointwise
+from vlunet.ops.weight_layout import store_weights_channels_last
 from vlunet.archs.state_dict_mismatch import state_dict_mismatch_message
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings

@@ -10,16 +10,15 @@ as the depthwise convolution's backward wants it. Only the large products run by
 (norms, softmax, temperature, merged projection, scale: matrices of C x C) is recomputed in the
 backward and differentiated by autograd.
 
-:func:`weight_halves` splits a weight in two for the GDFN's separate gate and content maps, its
-gradient coming back in the weight's own layout (what DDP's gradient buckets need).
+It runs where :func:`vlunet.ops.dispatch.fused_backward_allowed` says (measured: CPU).
 """
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from vlunet.archs.channels_last_math import (as_map, attention_projection, head_grams, normalized_attention,
-                                            pixel_rows)
+from vlunet.ops.attention import attention_projection, head_grams, normalized_attention
+from vlunet.ops.channels_last import as_map, pixel_rows
 
 
 class AttentionChannels(NamedTuple):
@@ -148,33 +147,3 @@ def fused_projected_attention(source: torch.Tensor, key_source: Optional[torch.T
     """
     return _ProjectedChannelAttention.apply(source, key_source, temperature, projection_weight, scale, residual,
                                             channels, residual_weight)
-
-
-class _WeightHalves(torch.autograd.Function):
-    """See :func:`weight_halves`."""
-
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        ctx.layout = weight.shape, weight.stride(), weight.dtype, weight.device
-        return weight.chunk(2)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *half_grads: Optional[torch.Tensor]) -> torch.Tensor:
-        shape, stride, dtype, device = ctx.layout
-        grad = torch.empty_strided(shape, stride, dtype=dtype, device=device)
-        for half, half_grad in zip(grad.chunk(2), half_grads):
-            if half_grad is None:
-                half.zero_()
-            else:
-                half.copy_(half_grad)
-        return grad
-
-
-def weight_halves(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The two halves of ``weight`` along its first axis (views); its gradient has ``weight``'s strides.
-
-    (Slicing would give the gradient contiguous strides: a channels-last (C, 1, 3, 3) depthwise weight
-    differs in the stride of its size-1 axis, which DDP compares.)
-    """
-    return _WeightHalves.apply(weight)
