@@ -114,6 +114,7 @@ def test_python_m_basicsr_train_trains_validates_and_saves(trained_with_m):
     assert 'outputs go under the current directory' in trained_with_m
 
 
+@pytest.mark.multiprocess
 def test_python_m_basicsr_train_resumes_on_the_cpu(workdir, trained_with_m):
     # BasicSR's own load_resume_state maps the state to CUDA (crashes without a GPU): __main__ must use vlunet's.
     _run(['-m', 'basicsr.train', '-opt', 'train.yml', '--auto_resume', '--force_yml', 'train:total_iter=4'],
@@ -123,6 +124,7 @@ def test_python_m_basicsr_train_resumes_on_the_cpu(workdir, trained_with_m):
     assert osp.isfile(osp.join(workdir, 'experiments', 'entry_m', 'training_states', '4.state'))
 
 
+@pytest.mark.multiprocess
 def test_basicsr_train_py_run_as_a_script(workdir):
     script = osp.join(_basicsr_dir(), 'train.py')
     _run([script, '-opt', 'train.yml', '--force_yml', 'name=entry_script'], workdir)
@@ -130,6 +132,7 @@ def test_basicsr_train_py_run_as_a_script(workdir):
     assert 'runs as __main__; it uses the fixes of basicsr.train' in log
 
 
+@pytest.mark.multiprocess
 def test_python_m_basicsr_test_evaluates_a_checkpoint(workdir, trained_with_m):
     opt = _train_options('entry_test')
     opt = {key: opt[key] for key in ('name', 'model_type', 'scale', 'num_gpu', 'network_g')}
@@ -146,6 +149,7 @@ def test_python_m_basicsr_test_evaluates_a_checkpoint(workdir, trained_with_m):
 # --------------------------------------------------------------------------- installation and import cost
 
 
+@pytest.mark.multiprocess
 def test_the_hook_is_installed_and_costs_no_torch_import(tmp_path):
     code = ('import sys, vlunet_basicsr_hook as h; '
             'print(h.BasicSRImportHook in sys.meta_path, "torch" in sys.modules, "vlunet" in sys.modules)')
@@ -154,6 +158,7 @@ def test_the_hook_is_installed_and_costs_no_torch_import(tmp_path):
     assert result.stdout.split() == ['True', 'False', 'False'], 'the .pth did not install the hook, or it imported'
 
 
+@pytest.mark.multiprocess
 def test_importing_basicsr_alone_registers_vlunet_without_open_clip(tmp_path):
     code = ('import sys, basicsr; from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY; '
             'print(ARCH_REGISTRY.get("VLUNet").__module__, DATASET_REGISTRY.get("MixedDegradationDataset").__module__, '
@@ -166,6 +171,7 @@ def test_importing_basicsr_alone_registers_vlunet_without_open_clip(tmp_path):
                                      '[]']
 
 
+@pytest.mark.multiprocess
 def test_a_clone_folder_in_the_current_directory_is_named_not_silently_used(tmp_path):
     # Python run from the folder that contains the clone imports ./vlunet (no __init__.py) as a namespace package.
     (tmp_path / 'vlunet' / 'vlunet').mkdir(parents=True)
@@ -193,6 +199,7 @@ def _normalised(name: str) -> str:
     return re.sub(r'[-_.]+', '-', name).lower()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(sys.version_info < (3, 10), reason='needs sys.stdlib_module_names and packages_distributions')
 def test_every_third_party_import_is_a_declared_dependency(tmp_path):
     # The installed metadata, read away from the checkout (a stale vlunet.egg-info there would shadow it).
@@ -211,6 +218,7 @@ def test_every_third_party_import_is_a_declared_dependency(tmp_path):
     assert set(python_requires.split(',')) == {'>=3.9', '<3.13'}
 
 
+@pytest.mark.multiprocess
 def test_the_wheel_build_puts_the_hook_pth_into_site_packages(tmp_path):
     # The non-editable path (pip install .): build_py copies the .pth to the top of build_lib.
     pytest.importorskip('setuptools', reason='no setuptools here: pip builds wheels in an isolated environment')
@@ -223,6 +231,7 @@ def test_the_wheel_build_puts_the_hook_pth_into_site_packages(tmp_path):
     assert (build_lib / 'vlunet_basicsr_hook.py').is_file() and (build_lib / 'vlunet' / 'compat.py').is_file()
 
 
+@pytest.mark.multiprocess
 def test_python_m_basicsr_train_checks_the_options_before_creating_anything(tmp_path):
     opt = _train_options('entry_checked')
     opt['network_g'] = {**TINY_VLUNET, 'num_block': [1, 1, 1, 1]}  # misspelt num_blocks
@@ -235,6 +244,7 @@ def test_python_m_basicsr_train_checks_the_options_before_creating_anything(tmp_
     assert sorted(os.listdir(tmp_path)) == ['train.yml']  # no experiments/, tb_logger/
 
 
+@pytest.mark.multiprocess
 def test_python_m_basicsr_train_refuses_a_locked_experiment(tmp_path):
     from vlunet.utils.experiment_lock import ExperimentLock, lock_file_path
     _write_yaml(str(tmp_path / 'train.yml'), _train_options('entry_locked'))

@@ -83,6 +83,7 @@ def test_ctrl_c_leaves_the_progress_bar_where_it_stopped(tmp_path, capsys, monke
     assert bar and ' 25%' in bar[-1] and '100%' not in ''.join(bar)
 
 
+@pytest.mark.multiprocess
 def test_a_clone_folder_in_the_current_directory_is_one_line(tmp_path):
     (tmp_path / 'vlunet' / 'vlunet').mkdir(parents=True)
     hook = os.path.join(REPO_ROOT, 'vlunet_basicsr_hook.py')

@@ -106,6 +106,7 @@ def test_adding_a_file_is_enough_to_register(tmp_path, monkeypatch):
     import_modules_by_suffix('my_plugin_archs', str(package / '__init__.py'), '_arch.py')  # no AssertionError
 
 
+@pytest.mark.multiprocess
 def test_import_vlunet_before_basicsr_in_a_fresh_interpreter():
     code = 'import sys; import vlunet; assert "basicsr" in sys.modules; import basicsr.data.degradations; print("ok")'
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO_ROOT)
@@ -190,6 +191,7 @@ def _log_text(folder) -> str:
     return ''.join(open(p, encoding='utf-8').read() for p in logs)
 
 
+@pytest.mark.multiprocess
 def test_train_writes_checkpoints_metrics_and_tensorboard(trained):
     workdir, exp, _ = trained
     for name in ('net_g_2.pth', 'net_g_4.pth', 'net_g_latest.pth'):
@@ -205,6 +207,7 @@ def test_train_writes_checkpoints_metrics_and_tensorboard(trained):
     assert not glob.glob(str(workdir / 'vlunet')), 'outputs must go under the working directory only'
 
 
+@pytest.mark.multiprocess
 def test_auto_resume_continues_and_keeps_earlier_checkpoints(trained):
     workdir, exp, _ = trained
     before = {name: _sha(exp / 'models' / name) for name in ('net_g_2.pth', 'net_g_4.pth')}
@@ -270,6 +273,7 @@ def _recorded_writes(folder, rank: int, under) -> list:
     return [line for line in lines if any(str(root) in line for root in under)]
 
 
+@pytest.mark.multiprocess
 def test_distributed_training_on_cpu_with_torchrun(workdir):
     opt = _train_options('data', 'tiny_ddp', total_iter=2)
     opt['datasets']['train']['batch_size_per_gpu'] = 1
@@ -295,6 +299,7 @@ def test_distributed_training_on_cpu_with_torchrun(workdir):
     assert sorted(os.listdir(exp / 'models')) == ['net_g_2.pth', 'net_g_latest.pth']
 
 
+@pytest.mark.multiprocess
 def test_test_entry_evaluates_a_checkpoint(trained):
     workdir, exp, _ = trained
     opt = _train_options('data', 'tiny_eval', total_iter=1)
@@ -317,6 +322,7 @@ def test_test_entry_evaluates_a_checkpoint(trained):
 # --------------------------------------------------------------------------- malformed options
 
 
+@pytest.mark.multiprocess
 def test_unknown_type_names_the_key(workdir):
     opt = _train_options(str(workdir / 'data'), 'bad', 1)
     opt['network_g']['type'] = 'SRVGGNetCompakt'
@@ -356,6 +362,7 @@ def test_yaml_errors_and_typos_are_reported(workdir):
     assert warnings == ["loger: unknown top-level key, ignored. Did you mean 'logger'?"]
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize('launcher', ['module', 'console'])
 def test_module_and_console_entry_points_train_and_test(workdir, launcher):
     def command(entry: str) -> list:  # entry: 'train' or 'test'

@@ -170,6 +170,7 @@ def test_an_unwritable_output_folder_fails_before_any_work(tmp_path, capsys):
     assert f'cannot write in {locked}' in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 def test_nan_pixels_fail_that_image_instead_of_a_black_output(weights, restorer, tmp_path, capsys):
     inputs = tmp_path / 'in'
     write_image(str(inputs / 'good.png'), smooth_image(0, 16, 16))
@@ -190,6 +191,7 @@ def test_nan_pixels_fail_that_image_instead_of_a_black_output(weights, restorer,
         broken.restore(_rgb(0, 16, 16))
 
 
+@pytest.mark.multiprocess
 def test_a_symbolic_link_loop_is_reported_and_the_rest_restored(weights, tmp_path, capsys):
     inputs = tmp_path / 'in'
     write_image(str(inputs / 'sub' / 'a.png'), smooth_image(0, 16, 16))
@@ -204,6 +206,7 @@ def test_a_symbolic_link_loop_is_reported_and_the_rest_restored(weights, tmp_pat
         ['sub/a.png']
 
 
+@pytest.mark.multiprocess
 def test_ctrl_c_keeps_finished_files_and_says_so_in_one_line(weights, tmp_path, capsys, monkeypatch):
     inputs = tmp_path / 'in'
     for name in ('a', 'b', 'c'):
@@ -225,6 +228,7 @@ def test_ctrl_c_keeps_finished_files_and_says_so_in_one_line(weights, tmp_path, 
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['a.png']
 
 
+@pytest.mark.multiprocess
 def test_tile_zero_is_an_error_and_one_prompt_stays_one_prompt(weights, tmp_path, capsys):
     script = _inference_script()
     for bad in ('0', '-8', 'big'):
@@ -270,6 +274,7 @@ def test_other_runtime_errors_are_not_called_out_of_memory(restorer, monkeypatch
     assert not isinstance(error_info.value, InferenceOutOfMemoryError)
 
 
+@pytest.mark.multiprocess
 def test_the_script_reports_out_of_memory_per_image_and_goes_on(weights, tmp_path, capsys, monkeypatch):
     write_image(str(tmp_path / 'in' / 'big.png'), smooth_image(0, 16, 16))
     write_image(str(tmp_path / 'in' / 'small.png'), smooth_image(1, 16, 16))
@@ -289,6 +294,7 @@ def test_the_script_reports_out_of_memory_per_image_and_goes_on(weights, tmp_pat
     assert 'Restored 1 of 2 images' in captured.out and (tmp_path / 'out' / 'small.png').is_file()
 
 
+@pytest.mark.multiprocess
 def test_ctrl_c_while_loading_the_weights_is_one_line(weights, tmp_path, capsys, monkeypatch):
     write_image(str(tmp_path / 'in.png'), smooth_image(0, 16, 16))
 

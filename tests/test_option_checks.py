@@ -223,6 +223,7 @@ def test_missing_weights_name_the_key_and_where_they_come_from(data, monkeypatch
     assert "degradation_encoder.pretrained: file 'weights/open_clip_pytorch_model.bin' does not exist." in message
 
 
+@pytest.mark.multiprocess
 def test_test_entry_without_converted_weights_creates_nothing(tmp_path):
     """``vlunet/test.py -opt options/test_official_5task.yml`` before the converter: the message, no traceback."""
     result = run_entry('test', ['-opt', osp.join(REPO_ROOT, 'options', 'test_official_5task.yml')], cwd=str(tmp_path))
@@ -233,6 +234,7 @@ def test_test_entry_without_converted_weights_creates_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.multiprocess
 def test_train_entry_checks_the_overridden_options_and_creates_nothing(tmp_path):
     opt = _options()
     opt['degradation_encoder'] = {'type': 'DegradationCLIPP'}

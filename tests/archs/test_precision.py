@@ -66,6 +66,7 @@ def official_size_outputs():
     return outputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('precision', sorted(REDUCED))
 def test_official_size_vlunet_is_finite_and_close_at_320(official_size_outputs, precision):
     low, expected = official_size_outputs[precision], official_size_outputs['fp32']

@@ -76,6 +76,7 @@ def compared(workspace):
     return status, root / 'out'
 
 
+@pytest.mark.multiprocess
 def test_the_table_equals_what_each_methods_own_test_run_reports(workspace, compared):
     status, out = compared
     assert status == 1  # the broken method failed

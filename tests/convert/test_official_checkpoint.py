@@ -71,6 +71,7 @@ def load_params(path: str) -> dict:
     return torch.load(path, map_location='cpu', weights_only=True)['params']
 
 
+@pytest.mark.slow
 def test_lightning_checkpoint_converts_and_loads_strictly(tmp_path, single_haze_checkpoint, capsys):
     src = single_haze_checkpoint
     checkpoint = torch.load(src, map_location='cpu', weights_only=True)
@@ -110,6 +111,7 @@ def test_lightning_checkpoint_converts_and_loads_strictly(tmp_path, single_haze_
                                official['model_degradation.ad_textEncoder.adapter.6.weight'])
 
 
+@pytest.mark.slow
 def test_de_dim_7_checkpoint_is_detected(tmp_path):
     src = str(tmp_path / '3task_vlunet.ckpt')
     torch.save(lightning_checkpoint(de_dim=7), src)

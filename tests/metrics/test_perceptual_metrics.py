@@ -280,6 +280,7 @@ def _validate_on_rank(rank: int, world_size: int, init_file: str, folder: str) -
     distributed.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 def test_two_rank_validation_gives_the_fid_of_one_rank(tmp_path):
     torch.multiprocessing.spawn(_validate_on_rank, args=(2, str(tmp_path / 'init'), str(tmp_path)), nprocs=2)
     single = _model(tmp_path / 'single')

@@ -65,6 +65,7 @@ def trained(tmp_path_factory):
     return root
 
 
+@pytest.mark.multiprocess
 def test_training_lowers_the_loss_and_logs_the_accuracy_metric(trained):
     log = _log(trained)
     losses = [float(v) for v in re.findall(r'l_clip: ([0-9.e+-]+)', log)]
@@ -76,6 +77,7 @@ def test_training_lowers_the_loss_and_logs_the_accuracy_metric(trained):
     assert glob.glob(str(trained / 'tb_logger/clip_tiny/events.*'))
 
 
+@pytest.mark.multiprocess
 def test_heatmaps_before_and_after_fine_tuning(trained):
     folder = trained / 'experiments/clip_tiny/visualization/val'
     images, matrices = {}, {}
@@ -93,6 +95,7 @@ def test_heatmaps_before_and_after_fine_tuning(trained):
     assert images[12].shape != images[0].shape or np.mean(images[12] != images[0]) > 0.01
 
 
+@pytest.mark.multiprocess
 def test_checkpoint_holds_adapters_and_temperature_only(trained):
     models = trained / 'experiments/clip_tiny/models'
     checkpoint = torch.load(models / 'net_clip_12.pth', weights_only=True)
@@ -105,6 +108,7 @@ def test_checkpoint_holds_adapters_and_temperature_only(trained):
     assert len(state['optimizers'][0]['state']) == 24 + 1  # adapter tensors + the temperature, no backbone
 
 
+@pytest.mark.multiprocess
 def test_resume_continues_from_the_adapter_checkpoint(trained):
     opt = _options(trained)
     opt['train']['total_iter'] = 14
@@ -118,6 +122,7 @@ def test_resume_continues_from_the_adapter_checkpoint(trained):
     assert log.count('Validation val (iteration 0)') == 1  # no "before training" evaluation on resume
 
 
+@pytest.mark.multiprocess
 def test_clip_report_prints_accuracy_and_writes_heatmap(trained):
     result = subprocess.run(
         [sys.executable, osp.join(REPO_ROOT, 'scripts', 'clip_report.py'), '-opt', str(trained / 'train.yml'),

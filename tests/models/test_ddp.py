@@ -109,6 +109,7 @@ def test_every_training_option_file_is_covered():
     assert {network['de_dim'] for _, network, _ in _training_cases('tiny.json') if 'de_dim' in network} == {5, 7}
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize('case', range(len(_training_cases('tiny.json'))))
 def test_ddp_without_find_unused_parameters_trains_and_keeps_ranks_equal(ranks, case):
     name = _training_cases('tiny.json')[case][0]
@@ -122,6 +123,7 @@ def test_ddp_without_find_unused_parameters_trains_and_keeps_ranks_equal(ranks, 
         assert 'unused_degraded_down1_2.body.0.weight' not in changed
 
 
+@pytest.mark.multiprocess
 def test_ddp_gradient_buckets_take_the_gradients_without_stride_warnings(ranks):
     for rank in ranks:
         assert not [message for message in rank['warnings'] if BUCKET_WARNING in message]

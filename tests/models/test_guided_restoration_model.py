@@ -145,6 +145,7 @@ def test_checkpoints_hold_net_g_only_and_no_clip(trained):
     assert not [f for f in os.listdir(trained / 'models') if f.startswith('.')], 'temporary files left behind'
 
 
+@pytest.mark.multiprocess
 def test_auto_resume_reloads_the_encoder_from_its_own_path(trained, workdir):
     _run('train', ['-opt', str(workdir / 'train.yml'), '--auto_resume', '--force_yml', 'train:total_iter=12'], workdir)
     log = _log_text(trained)
@@ -155,6 +156,7 @@ def test_auto_resume_reloads_the_encoder_from_its_own_path(trained, workdir):
     assert {int(s['step']) for s in state['optimizers'][0]['state'].values()} == {12}
 
 
+@pytest.mark.multiprocess
 def test_test_entry_writes_the_results_table_and_images(trained, workdir, tiny_clip_name):
     opt = {
         'name': 'bench', 'model_type': 'VLUNetModel', 'scale': 1, 'num_gpu': 0,
@@ -315,6 +317,7 @@ def _validate_on_rank(rank: int, world_size: int, init_file: str, folder: str) -
     distributed.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 def test_distributed_validation_shards_images_and_reduces_the_metrics(tmp_path):
     torch.multiprocessing.spawn(_validate_on_rank, args=(2, str(tmp_path / 'init'), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(2)]

@@ -6,6 +6,7 @@ a sibling module (as the release's imports ``module_util`` and ``attention``), f
 re-implementation in ``tests/helpers/daclip_official_reference.py``.
 """
 import json
+import pytest
 import os.path as osp
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def _run(*arguments: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
 
 
+@pytest.mark.multiprocess
 def test_times_ours_against_the_release_file_and_reports_error_training_step_and_restoration(tmp_path):
     release_file = _release_stand_in(tmp_path)
     report = tmp_path / 'report.json'
@@ -50,6 +52,7 @@ def test_times_ours_against_the_release_file_and_reports_error_training_step_and
     assert '| forward 32² |' in run.stdout and 'One 3-step restoration of a 32² image' in run.stdout
 
 
+@pytest.mark.multiprocess
 def test_a_missing_release_file_is_an_error_naming_the_file_to_give(tmp_path):
     run = _run('--official-file', str(tmp_path / 'missing.py'), '--arch-json', json.dumps(TINY), '--sizes', '16')
     assert run.returncode == 1

@@ -91,6 +91,7 @@ def _run(tmp_path, *extra):
     return result.stdout, json.loads(out_json.read_text())
 
 
+@pytest.mark.multiprocess
 def test_official_file_is_loaded_built_with_our_weights_and_timed_in_the_same_grad_mode(tmp_path):
     final = _stand_in(tmp_path)
     stdout, results = _run(tmp_path, '--official-file', final)
@@ -116,6 +117,7 @@ def test_official_file_is_loaded_built_with_our_weights_and_timed_in_the_same_gr
     assert trained and all(entry['grad'] and not entry['inference_mode'] for entry in trained)
 
 
+@pytest.mark.multiprocess
 def test_without_a_file_the_baseline_is_labelled_as_our_re_implementation(tmp_path):
     stdout, results = _run(tmp_path, '--compare-official')
     assert results['baseline']['kind'] == 're-implementation'
@@ -158,6 +160,7 @@ print(json.dumps([benchmark.peak_memory(lambda: None, cpu),
 '''
 
 
+@pytest.mark.multiprocess
 def test_peak_memory_reports_what_a_job_allocates():
     """In a fresh interpreter, as the benchmark runs it (not one where keep_freed_memory holds freed memory)."""
     completed = subprocess.run([sys.executable, '-c', PEAK_PROBES, BENCHMARK, osp.join(ROOT, 'scripts')],

@@ -18,6 +18,7 @@ def model_stats():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('size, total, conv, matmul', [(256, 177.35, 28.91, 148.45), (128, 44.47, 7.23, 37.24)])
 def test_official_size_macs_count_convolutions_and_matrix_products(model_stats, size, total, conv, matmul):
     # the official computation is 186.25 / 46.56 GMACs; merging the attention's output projection into the

@@ -62,6 +62,7 @@ def test_crop_blending_takes_each_pixel_from_its_nearest_tile():
     assert 1 < linear[0, 0, 0, 12] < 2  # linear ramps across the overlap
 
 
+@pytest.mark.multiprocess
 def test_script_prints_the_table(tmp_path):
     out_json = tmp_path / 'tiling.json'
     result = subprocess.run(

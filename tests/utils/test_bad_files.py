@@ -104,6 +104,7 @@ def test_5_basicsr_load_network_names_the_file_and_its_option(tmp_path, contents
 
 # ------------------------------------------------------------------ 6. resume states through vlunet/train.py
 
+@pytest.mark.multiprocess
 def test_6_auto_resume_falls_back_from_a_damaged_newest_state_naming_both(experiment):
     newest = experiment / STATES / '4.state'
     newest.write_bytes(newest.read_bytes()[:3000])  # an interrupted copy
@@ -116,6 +117,7 @@ def test_6_auto_resume_falls_back_from_a_damaged_newest_state_naming_both(experi
     assert torch.load(str(newest), weights_only=True)['iter'] == 4  # trained 3..4 again, saved whole
 
 
+@pytest.mark.multiprocess
 def test_6_a_resume_state_that_is_no_training_state_is_one_line(experiment):
     for name, contents in (('list.state', [1, 2]), ('noiter.state', {'epoch': 0, 'optimizers': [], 'schedulers': []})):
         path = osp.join('experiments', name)
@@ -130,6 +132,7 @@ def test_6_a_resume_state_that_is_no_training_state_is_one_line(experiment):
 
 # ------------------------------------------------------------------ 15. scheduler periods against total_iter
 
+@pytest.mark.multiprocess
 def test_15_cosine_periods_shorter_than_total_iter_are_refused_before_training(experiment):
     write_options(experiment, training_options(30, scheduler={'type': 'CosineAnnealingRestartLR', 'periods': [10, 10],
                                                               'restart_weights': [1, 1]}))
@@ -143,6 +146,7 @@ def test_15_cosine_periods_shorter_than_total_iter_are_refused_before_training(e
 
 # ------------------------------------------------------------------ 16. optimiser tensors of the wrong shape
 
+@pytest.mark.multiprocess
 def test_16_a_resume_state_with_wrong_optimizer_shapes_is_refused_naming_it(experiment):
     path = experiment / STATES / '4.state'
     state = torch.load(str(path), weights_only=True)
@@ -158,6 +162,7 @@ def test_16_a_resume_state_with_wrong_optimizer_shapes_is_refused_naming_it(expe
 
 # ------------------------------------------------------------------ 17. world size of the resumed state
 
+@pytest.mark.multiprocess
 def test_17_a_state_written_by_more_processes_resumes_to_total_iter(experiment):
     path = experiment / STATES / '4.state'
     state = torch.load(str(path), weights_only=True)
@@ -387,6 +392,7 @@ def test_14_architecture_edges_work_or_are_refused_with_the_rule():
 
 # ------------------------------------------------------------------ 5, 6. BasicSR's own entry points (the hook)
 
+@pytest.mark.multiprocess
 def test_5_6_basicsr_own_test_entry_point_prints_one_line_and_verbose_the_traceback(experiment):
     import subprocess
     import sys

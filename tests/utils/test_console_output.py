@@ -79,6 +79,7 @@ def runs(tmp_path_factory):
     return train.stdout + train.stderr, log, test.stdout + test.stderr
 
 
+@pytest.mark.multiprocess
 def test_network_structure_and_option_dump_go_to_the_log_file_only(runs):
     console, log, test_console = runs
     for text in (console, test_console):
@@ -88,6 +89,7 @@ def test_network_structure_and_option_dump_go_to_the_log_file_only(runs):
     assert len(console.splitlines()) < 120, console
 
 
+@pytest.mark.multiprocess
 def test_training_console_has_no_negative_eta_and_no_misleading_warnings(runs):
     console, log, _ = runs
     etas = re.findall(r'\[eta: ([^,]+),', console)
@@ -97,6 +99,7 @@ def test_training_console_has_no_negative_eta_and_no_misleading_warnings(runs):
     assert 'No pretrained weights' not in console and 'random weights' not in console
 
 
+@pytest.mark.multiprocess
 def test_final_validation_is_not_repeated_past_total_iter(runs):
     console, _, _ = runs
     assert console.count('Validation val_a') == 2 and console.count('Validation val_b') == 2  # iterations 2 and 4
@@ -104,6 +107,7 @@ def test_final_validation_is_not_repeated_past_total_iter(runs):
     assert 'Final validation skipped: the final weights are those of iteration 4' in console
 
 
+@pytest.mark.multiprocess
 def test_test_console_prints_the_results_table_once_and_no_best(runs):
     _, _, console = runs
     assert console.count('Results table (') == 1

@@ -39,6 +39,7 @@ def probe(**environment: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.multiprocess
 def test_freed_pages_are_reused_and_counted_as_available():
     result = probe()
     assert result['kept'] and result['again']
@@ -46,6 +47,7 @@ def test_freed_pages_are_reused_and_counted_as_available():
     assert result['faults'] < result['pages'] // 10  # the second, 60 MiB block reuses the first one's pages
 
 
+@pytest.mark.multiprocess
 def test_the_environment_variable_keeps_the_system_default():
     result = probe(VLUNET_KEEP_FREED_MEMORY='0')
     assert not result['kept'] and result['held'] == 0
@@ -67,6 +69,7 @@ def test_the_cpu_budget_counts_the_held_memory_as_available(monkeypatch):
     assert budget == int(memory_model.AVAILABLE_FRACTION * (8 << 30))
 
 
+@pytest.mark.multiprocess
 def test_an_entry_point_reports_a_bad_switch_before_any_work(tmp_path):
     train = os.path.join(REPO_ROOT, 'vlunet', 'train.py')
     completed = subprocess.run([sys.executable, train, '-opt', 'missing.yml'], cwd=tmp_path, capture_output=True,

@@ -84,6 +84,7 @@ def test_only_global_rank_0_takes_the_lock(tmp_path, monkeypatch):
             ExperimentLock(str(tmp_path / 'experiments' / '.demo.lock'), 'demo')
 
 
+@pytest.mark.multiprocess
 def test_train_refuses_a_locked_experiment_and_a_dead_holder_frees_it(tmp_path):
     option_file = _options(tmp_path)
     lock_file = str(tmp_path / 'experiments' / '.locked.lock')

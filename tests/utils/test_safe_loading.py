@@ -80,6 +80,7 @@ def net_weights(tmp_path):
 
 # ------------------------------------------------------------------ the loader itself
 
+@pytest.mark.multiprocess
 def test_crafted_files_are_refused_naming_the_file_and_the_global(tmp_path):
     for payload, refused in ((SystemPayload, 'posix.system'), (CallPayload, 'commands.call (subprocess.call)')):
         path = crafted(tmp_path / f'{payload.__name__}.pth', {'params': {}}, payload)
@@ -151,6 +152,7 @@ def _converter():
     return load_script('convert_official_checkpoint')
 
 
+@pytest.mark.multiprocess
 def test_converter_refuses_a_crafted_checkpoint_and_converts_it_only_with_trust_file(tmp_path, capsys):
     learnable = {f'ad_{side}Encoder.adapter.{layer}.{kind}': torch.zeros((512, 512) if layer % 3 == 0 and
                                                                          kind == 'weight' else (512,))
@@ -209,6 +211,7 @@ def test_basicsr_cuda_resume_path_refuses_a_crafted_state(tmp_path, monkeypatch)
 
 # ------------------------------------------------------------------ (d) a resume state through vlunet/train.py
 
+@pytest.mark.multiprocess
 def test_auto_resume_refuses_a_crafted_training_state(tmp_path):
     for folder in ('gt', 'lq'):
         write_image(str(tmp_path / 'data' / folder / '0.png'), smooth_image(0, 16, 16))

@@ -38,6 +38,7 @@ def _train(cwd, *args) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.multiprocess
 def test_ctrl_c_saves_the_iteration_done_and_auto_resume_continues(tmp_path):
     for i in range(2):
         write_image(str(tmp_path / 'data' / 'gt' / f'{i}.png'), smooth_image(i, 20, 20))

@@ -271,6 +271,7 @@ def test_loss_values_on_hand_made_embeddings():
         DACLIPLoss()(content, degradation[:2], captions, names, scale)
 
 
+@pytest.mark.multiprocess
 def test_converter_script_writes_the_daclip_file(tiny_daclip, tmp_path):
     official = save_official_checkpoint(trained_like(tiny_daclip), str(tmp_path / 'daclip_ViT-B-32.pt'))
     script = osp.join(REPO_ROOT, 'scripts', 'convert_official_checkpoint.py')

@@ -52,6 +52,7 @@ def _parameter_count(**config) -> int:
         return sum(p.numel() for p in ConditionalUNet(**config).parameters())
 
 
+@pytest.mark.slow
 def test_released_configuration_has_the_published_parameter_counts():
     assert ARCH_REGISTRY.get('ConditionalUNet') is ConditionalUNet
     assert _parameter_count() == 48_975_747
@@ -63,6 +64,7 @@ def test_released_configuration_has_the_published_parameter_counts():
         assert len(ConditionalUNet().state_dict()) == 224
 
 
+@pytest.mark.slow
 def test_state_dict_uses_the_release_names_and_shapes():
     with torch.device('meta'):
         shapes = {key: tuple(value.shape) for key, value in ConditionalUNet().state_dict().items()}

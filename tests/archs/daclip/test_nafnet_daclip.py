@@ -276,6 +276,7 @@ def _log(root) -> str:
                    for p in sorted((root / 'experiments/NAFNet_DACLIP_demo').glob('train_*.log')))
 
 
+@pytest.mark.multiprocess
 def test_demo_option_trains_lowers_the_loss_and_resumes(tmp_path):
     for phase, count in (('train', 4), ('val', 1)):
         for i in range(count):

@@ -78,6 +78,7 @@ def test_without_degradation_every_trainable_parameter_is_still_in_the_graph():
     assert len(key_logits) == 16 and all(torch.count_nonzero(grad) == 0 for grad in key_logits)
 
 
+@pytest.mark.slow
 def test_channels_last_weights_give_the_same_fp32_outputs_and_gradients_bit_for_bit():
     torch.manual_seed(3)
     net = VLUNet().train()  # official size (tiny widths take other depthwise kernels: last-bit differences)
@@ -124,6 +125,7 @@ def test_state_dict_round_trips_through_files_official_names_and_ema(tmp_path):
         assert torch.equal(q, p * 0.5), name
 
 
+@pytest.mark.slow
 def test_default_parameter_counts_are_the_official_ones():
     with torch.device('meta'):
         assert sum(p.numel() for p in VLUNet().parameters()) == 35_353_028
@@ -151,6 +153,7 @@ def test_matches_official_forward_on_tiny_config():
     assert relative_error(actual, expected) < 1e-5
 
 
+@pytest.mark.slow
 def test_matches_official_forward_at_default_size():
     torch.manual_seed(2)
     net = VLUNet().eval()

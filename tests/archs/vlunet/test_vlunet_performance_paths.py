@@ -158,6 +158,7 @@ def test_memory_probe_and_clip_cost_on_tiny_models(benchmark, tiny_clip_name):
     assert benchmark.clip_cost('none', 2, 32, 1, torch.device('cpu')) is None
 
 
+@pytest.mark.multiprocess
 def test_benchmark_script_end_to_end(tmp_path):
     out_json = tmp_path / 'bench.json'
     arch = json.dumps({**TINY, 'num_blocks': list(TINY['num_blocks']), 'heads': list(TINY['heads'])})

@@ -65,6 +65,7 @@ def _contrastive_on_rank(rank: int, init_file: str, folder: str) -> None:
     distributed.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 def test_contrastive_loss_on_two_processes_equals_one_process(tmp_path):
     # forked, not spawned: the ranks inherit the imported modules instead of importing vlunet again (~10 s each)
     torch.multiprocessing.start_processes(_contrastive_on_rank, args=(str(tmp_path / 'init'), str(tmp_path)),

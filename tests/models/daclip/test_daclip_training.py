@@ -77,6 +77,7 @@ def trained(tmp_path_factory):
     return root
 
 
+@pytest.mark.multiprocess
 def test_training_lowers_the_loss_and_reports_accuracy_and_heatmaps(trained):
     log = _log(trained)
     total = [float(v) for v in re.findall(r'l_total: ([0-9.e+-]+)', log)]
@@ -93,6 +94,7 @@ def test_training_lowers_the_loss_and_reports_accuracy_and_heatmaps(trained):
             is not None
 
 
+@pytest.mark.multiprocess
 def test_checkpoint_and_state_hold_only_the_trainable_parts(trained):
     from vlunet.archs.daclip.daclip_arch import DACLIP
     model = DACLIP(backbone=str(trained / f'{TINY_DACLIP_NAME}.json'))
@@ -110,6 +112,7 @@ def test_checkpoint_and_state_hold_only_the_trainable_parts(trained):
     assert any(torch.count_nonzero(p) for p in model.control_linears.parameters())
 
 
+@pytest.mark.multiprocess
 def test_resume_continues_from_the_controller_checkpoint(trained):
     opt = _options(trained, total_iter=14)
     result = run_entry('train', ['-opt', _write_yaml(trained / 'resume.yml', opt), '--auto_resume'], str(trained), ENV)
@@ -120,6 +123,7 @@ def test_resume_continues_from_the_controller_checkpoint(trained):
     assert log.count('Validation val (iteration 0)') == 1
 
 
+@pytest.mark.multiprocess
 def test_clip_report_prints_table4_layout_for_daclip(trained):
     result = subprocess.run(
         [sys.executable, osp.join(REPO_ROOT, 'scripts', 'clip_report.py'), '-opt', str(trained / 'train.yml'),
@@ -185,6 +189,7 @@ torch.save({'losses': torch.stack(losses).detach(), 'grads': [content.grad, degr
 '''
 
 
+@pytest.mark.multiprocess
 def test_two_process_gathered_loss_equals_the_one_process_loss(tmp_path):
     script = tmp_path / 'ddp_loss.py'
     script.write_text(DISTRIBUTED_SCRIPT)
@@ -206,6 +211,7 @@ def test_two_process_gathered_loss_equals_the_one_process_loss(tmp_path):
         assert torch.allclose(saved['grads'][1], degradation.grad[part], atol=1e-6)
 
 
+@pytest.mark.multiprocess
 def test_vlunet_guided_by_daclip_trains_a_step(trained, tmp_path):
     weights = str(trained / 'experiments/daclip_tiny/models/net_clip_12.pth')
     opt = {'name': 'guided', 'model_type': 'VLUNetModel', 'num_gpu': 0, 'is_train': True, 'dist': False,

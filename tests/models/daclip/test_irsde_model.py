@@ -211,6 +211,7 @@ def _train_file(workdir, total_iter: int) -> str:
     return path
 
 
+@pytest.mark.multiprocess
 def test_training_entry_point_trains_validates_saves_and_resumes(tmp_path):
     _write_pairs(str(tmp_path / 'data' / 'train'), 2, 16, seed=1)
     _write_pairs(str(tmp_path / 'data' / 'val'), 1, 18, seed=2)

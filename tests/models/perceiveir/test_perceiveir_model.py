@@ -297,6 +297,7 @@ def test_training_with_the_four_losses_lowers_l_rec_and_probes_each_epoch(traine
     assert len(re.findall(r'# psnr: [0-9.]+', log)) == 2
 
 
+@pytest.mark.multiprocess
 def test_checkpoints_hold_the_trainable_network_only_and_training_resumes(trained):
     from vlunet.archs.perceiveir.perceiveir_arch import PerceiveIR
     net = PerceiveIR(**{k: v for k, v in TINY_PERCEIVEIR.items() if k != 'type'})

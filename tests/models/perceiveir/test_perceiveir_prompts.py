@@ -167,6 +167,7 @@ def trained(tmp_path_factory):
     return root
 
 
+@pytest.mark.multiprocess
 def test_training_lowers_the_loss_and_raises_the_accuracy(trained):
     log = _log(trained)
     losses = [float(v) for v in re.findall(r'l_prompt: ([0-9.e+-]+)', log)]
@@ -178,6 +179,7 @@ def test_training_lowers_the_loss_and_raises_the_accuracy(trained):
     assert re.search(r'# accuracy_medium: [0-9.]+', log) and 'Accuracy per image kind (%): degraded' in log
 
 
+@pytest.mark.multiprocess
 def test_heatmap_rows_are_image_kinds_and_columns_are_prompts(trained):
     with open(trained / 'experiments/prompts_tiny/visualization/val/quality_similarity_20.csv', encoding='utf-8') as f:
         rows = list(csv.reader(f))
@@ -188,6 +190,7 @@ def test_heatmap_rows_are_image_kinds_and_columns_are_prompts(trained):
     assert glob.glob(str(trained / 'experiments/prompts_tiny/visualization/val/quality_similarity_20.png'))
 
 
+@pytest.mark.multiprocess
 def test_checkpoint_holds_the_prompt_vectors_only_and_resumes(trained):
     checkpoint = torch.load(trained / 'experiments/prompts_tiny/models/net_prompts_20.pth', weights_only=True)
     assert list(checkpoint['params']) == ['prompt_vectors'] and checkpoint['params']['prompt_vectors'].shape == (3, 4, 64)
