@@ -30,6 +30,12 @@ import torch
 
 from vlunet.command_line import VERBOSE_FLAG, check_command_line, normalize_local_rank_argument, output_root
 from vlunet.compat import adopt_pipeline_fixes_in_main, report_in_log
+from vlunet.utils import console_log
+from vlunet.utils.cpu_threads import use_cpu_threads
+from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
+from vlunet.utils.resume_state import check_optimizer_shapes
+from vlunet.utils.safe_load import (BadFileError, WrongContentsError, load_checked_state_dict, one_line,
+                                    require_state_dict, safe_torch_load)
 
 _installed = False
 
@@ -41,9 +47,6 @@ def _patch_load_network() -> None:
     from basicsr.models.base_model import BaseModel
     from basicsr.utils import get_root_logger
 
-    from vlunet.utils.resume_state import check_optimizer_shapes
-    from vlunet.utils.safe_load import WrongContentsError, load_checked_state_dict, require_state_dict, \
-        safe_torch_load
     original_resume = BaseModel.resume_training
 
     def load_network(self, net: torch.nn.Module, load_path: str, strict: bool = True, param_key: str = 'params'):
@@ -90,7 +93,6 @@ def _patch_console_output() -> None:
     import basicsr.train
     from basicsr.models.base_model import BaseModel
 
-    from vlunet.utils import console_log
     for pipeline in (basicsr.train, basicsr.test):
         pipeline.get_root_logger = console_log.with_quiet_console(pipeline.get_root_logger)
         pipeline.dict2str = console_log.file_only(pipeline.dict2str)
@@ -105,7 +107,6 @@ _held_locks: list = []  # experiment locks of BasicSR's own entry points, held u
 def _report_bad_files_in_one_line(verbose: bool) -> None:
     """A :class:`~vlunet.utils.safe_load.BadFileError` that ends the process prints one line (``--verbose``: the
     traceback), as under ``vlunet/train.py``."""
-    from vlunet.utils.safe_load import BadFileError, one_line
     previous = sys.excepthook
 
     def excepthook(kind, error, traceback) -> None:
@@ -122,8 +123,6 @@ def _check_and_lock_for_basicsr_entry(root_path: str, is_train: bool) -> None:
     file is one line (``--verbose``, ours, taken off before BasicSR's parser: the traceback)."""
     _report_bad_files_in_one_line(VERBOSE_FLAG in sys.argv)
     sys.argv = [arg for arg in sys.argv if arg != VERBOSE_FLAG]
-    from vlunet.utils.cpu_threads import use_cpu_threads
-    from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
     check_command_line(sys.argv, is_train)  # exits with the problems before anything is created
     if not torch.cuda.is_available():
         use_cpu_threads(announce=int(os.environ.get('RANK', 0)) == 0)

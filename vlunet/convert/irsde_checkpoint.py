@@ -14,6 +14,7 @@ from typing import Dict, List
 
 import torch
 
+from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.utils.atomic_write import atomic_torch_save
 from vlunet.utils.safe_load import (WrongContentsError, listed_mismatches, one_line, safe_torch_load,
                                     state_dict_mismatches, torch_pickle_record)
@@ -78,7 +79,6 @@ def network_config(state: Dict[str, torch.Tensor]) -> dict:
 def check_fits(state: Dict[str, torch.Tensor], config: dict, path: str) -> None:
     """Raise WrongContentsError unless ``state`` loads strictly into ``ConditionalUNet(**config)`` (built without
     memory)."""
-    from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
     try:
         with torch.device('meta'):
             expected = ConditionalUNet(**{k: v for k, v in config.items() if k != 'type'}).state_dict()

@@ -20,6 +20,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import torch
 
+from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.convert.vlunet_checkpoint import detect_de_dim, split_official_checkpoint
 from vlunet.utils.safe_load import UnsafeCheckpointError, safe_torch_load
 
@@ -106,7 +107,6 @@ def _compare(found: Dict[str, torch.Tensor], expected: Dict[str, torch.Size], wh
 
 
 def _vlunet_shapes(de_dim: int) -> Dict[str, torch.Size]:
-    from vlunet.archs.vlunet.vlunet_arch import VLUNet
     with torch.device('meta'):
         return {key: value.shape for key, value in VLUNet(de_dim=de_dim).state_dict().items()}
 
