@@ -31,6 +31,7 @@ from einops import rearrange
 from torch import nn
 
 from vlunet.archs.channels_last_math import as_map, pixel_rows
+from vlunet.archs.daclip.irsde_unet_fast import conv_modulate_silu, fast_cpu_inference
 from vlunet.archs.restormer_blocks import bands_allowed, pointwise, row_bands
 
 
@@ -162,6 +163,8 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None,
                 shift: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if fast_cpu_inference(x):
+            return conv_modulate_silu(x, self.proj, scale, shift)
         x = self.proj(x)
         in_place = works_in_place(x) if scale is None else works_in_place(x, scale, shift)
         if scale is not None:
