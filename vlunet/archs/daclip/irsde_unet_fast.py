@@ -1,7 +1,7 @@
 """CPU inference paths of IR-SDE's U-Net convolutions (:mod:`vlunet.archs.daclip.irsde_unet_blocks`).
 
-Used only where they were measured faster (x86 CPU with oneDNN, float32, no autograd; ``docs``:
-notes-irsde-speed): every other device, dtype or mode keeps the plain PyTorch path. Same function to
+Used only where they were measured faster (x86 CPU with oneDNN, float32, no autograd; measured in
+docs/notes-irsde-speed.md): every other device, dtype or mode keeps the plain PyTorch path. Same function to
 float rounding (max relative error ~1e-6 per convolution):
 
 - **modulation and SiLU fused into the convolution**: ``silu(conv(x)·(scale+1) + shift)`` with one
