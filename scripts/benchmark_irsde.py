@@ -44,6 +44,10 @@ from vlunet.models.daclip.irsde_sampler import IRSDERestoration
 
 TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
 REIMPLEMENTATION_LABEL = 're-implementation of the release (tests/helpers/daclip_official_reference.py)'
+# The released network configuration (DA-CLIP's options/train.yml); the release's constructor has no defaults for
+# the first three and others for ch_mult and use_image_context, so every argument is passed explicitly.
+RELEASED_CONFIG = {'in_nc': 3, 'out_nc': 3, 'nf': 64, 'ch_mult': [1, 2, 4, 8], 'context_dim': 512,
+                   'use_degra_context': True, 'use_image_context': True}
 
 
 def load_release_class(path: Optional[str]) -> type:
@@ -122,9 +126,9 @@ def restoration_seconds(net: nn.Module, inputs: dict, steps: int) -> float:
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
-    config = json.loads(args.arch_json) if args.arch_json else {}
+    config = {**RELEASED_CONFIG, **json.loads(args.arch_json)} if args.arch_json else dict(RELEASED_CONFIG)
     nets = build_pair(config, load_release_class(args.official_file), args.seed, args.randomize_zero, device)
-    results = {'machine': machine_info(device), 'config': config or 'released',
+    results = {'machine': machine_info(device), 'config': config,
                'parameters': sum(p.numel() for p in nets['ours'].parameters()),
                'baseline': f'the release ({args.official_file})' if args.official_file else REIMPLEMENTATION_LABEL,
                'forward': {}}
@@ -173,7 +177,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--official-file', metavar='PATH', help="the release's DenoisingUNet_arch.py "
                         '(default: tests/helpers/daclip_official_reference.py, a re-implementation)')
-    parser.add_argument('--arch-json', help='ConditionalUNet arguments as JSON (default: the released configuration)')
+    parser.add_argument('--arch-json', help='ConditionalUNet arguments as JSON, over the released configuration')
     parser.add_argument('--sizes', type=int, nargs='+', default=[256], help='square forward sizes')
     parser.add_argument('--repeats', type=int, default=5, help='timed runs per measurement')
     parser.add_argument('--warmup', type=int, default=1, help='untimed runs before timing')

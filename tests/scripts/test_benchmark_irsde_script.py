@@ -3,7 +3,9 @@
 The DA-CLIP repository is not available offline, so the test writes a stand-in
 ``models/modules/DenoisingUNet_arch.py`` whose ``ConditionalUNet`` comes, through a relative import of
 a sibling module (as the release's imports ``module_util`` and ``attention``), from the literal
-re-implementation in ``tests/helpers/daclip_official_reference.py``.
+re-implementation in ``tests/helpers/daclip_official_reference.py``, behind the release's constructor signature:
+no defaults for ``in_nc, out_nc, nf`` and other defaults than the released configuration (``ch_mult``
+[1, 2, 4, 4], ``use_image_context`` off), so the script must pass every argument.
 """
 import json
 import pytest
@@ -25,7 +27,10 @@ def _release_stand_in(directory) -> str:
         f'import sys\nsys.path.insert(0, {TESTS_DIR!r})\n'
         'from daclip_official_reference import OfficialConditionalUNet as ReleaseNetwork\n')
     (modules / 'DenoisingUNet_arch.py').write_text(
-        'from .module_util import ReleaseNetwork\n\n\nclass ConditionalUNet(ReleaseNetwork):\n    pass\n')
+        'from .module_util import ReleaseNetwork\n\n\nclass ConditionalUNet(ReleaseNetwork):\n'
+        '    def __init__(self, in_nc, out_nc, nf, ch_mult=[1, 2, 4, 4], context_dim=512, use_degra_context=True,\n'
+        '                 use_image_context=False, upscale=1):\n'
+        '        super().__init__(in_nc, out_nc, nf, ch_mult, context_dim, use_degra_context, use_image_context)\n')
     return str(modules / 'DenoisingUNet_arch.py')
 
 
@@ -44,6 +49,8 @@ def test_times_ours_against_the_release_file_and_reports_error_training_step_and
     assert run.returncode == 0, run.stderr
     results = json.loads(report.read_text())
     assert results['baseline'] == f'the release ({release_file})'
+    assert results['config'] == {'in_nc': 3, 'out_nc': 3, 'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16,
+                                 'use_degra_context': True, 'use_image_context': True}
     forward = results['forward']['32']
     assert forward['ours']['runs'] == forward['baseline']['runs'] == 2
     assert 0 < forward['max_relative_error'] < 1e-5  # the same function, computed differently

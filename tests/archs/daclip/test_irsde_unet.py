@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from helpers import load_script
 from helpers.daclip_official_reference import OfficialConditionalUNet
+from helpers.irsde import TINY_UNET, assert_relative_close, randomised_unet, release_and_ours, unet_inputs
 
 import vlunet  # noqa: F401
 from basicsr.utils.registry import ARCH_REGISTRY
@@ -22,29 +23,7 @@ from vlunet.archs.daclip.irsde_unet_blocks import SinusoidalTimeEmbedding, Spati
 from vlunet.convert.irsde_checkpoint import is_irsde_unet_file, network_config
 
 # 8 base channels: widths 8, 8, 16, 32, 64 (transformers at 32 and 64 channels), 16-d contexts.
-TINY = {'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16}
-
-
-def _randomised(net: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
-    """Random values everywhere (zero-initialised outputs included), so every path changes the output."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in net.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
-    return net.eval()
-
-
-def _inputs(batch: int, height: int, width: int, context_dim: int = 16, seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    xt, cond = (torch.rand(batch, 3, height, width, generator=generator) for _ in range(2))
-    text, image = (torch.randn(batch, context_dim, generator=generator) for _ in range(2))
-    return xt, cond, text, image
-
-
-def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-5) -> None:
-    """max |actual − expected| ≤ tolerance · max |expected| (random weights give outputs of ~100)."""
-    error = (actual - expected).abs().max().item()
-    assert error <= tolerance * expected.abs().max().item(), (error, expected.abs().max().item())
+TINY = TINY_UNET
 
 
 def _parameter_count(**config) -> int:
@@ -96,16 +75,16 @@ def test_state_dict_uses_the_release_names_and_shapes():
 
 @pytest.mark.parametrize('height, width', [(17, 23), (5, 3), (48, 80), (33, 1)])
 def test_any_size_gives_the_input_size(height, width):
-    net = _randomised(ConditionalUNet(**TINY))
-    xt, cond, text, image = _inputs(2, height, width)
+    net = randomised_unet(ConditionalUNet(**TINY))
+    xt, cond, text, image = unet_inputs(2, height, width)
     with torch.no_grad():
         out = net(xt, cond, 5, text, image)
     assert out.shape == (2, 3, height, width) and torch.isfinite(out).all()
 
 
 def test_padding_is_reflect_at_the_bottom_right_to_a_multiple_of_16():
-    net = _randomised(ConditionalUNet(**TINY))
-    xt, cond, text, image = _inputs(1, 50, 75)
+    net = randomised_unet(ConditionalUNet(**TINY))
+    xt, cond, text, image = unet_inputs(1, 50, 75)
     padded = [F.pad(x, (0, 5, 0, 14), mode='reflect') for x in (xt, cond)]  # 64 x 80
     with torch.no_grad():
         out = net(xt, cond, 9, text, image)
@@ -114,8 +93,8 @@ def test_padding_is_reflect_at_the_bottom_right_to_a_multiple_of_16():
 
 
 def test_time_as_int_tensor_python_int_python_float_and_0d_tensor_agree():
-    net = _randomised(ConditionalUNet(**TINY))
-    xt, cond, text, image = _inputs(2, 20, 24)
+    net = randomised_unet(ConditionalUNet(**TINY))
+    xt, cond, text, image = unet_inputs(2, 20, 24)
     with torch.no_grad():
         by_tensor = net(xt, cond, torch.tensor([7, 7]), text, image)
         outputs = [net(xt, cond, time, text, image) for time in (7, 7.0, torch.tensor(7), np.int64(7))]
@@ -138,8 +117,8 @@ def test_time_embedding_is_sin_then_cos_of_the_raw_step():
 
 
 def test_contexts_change_the_output_text_context_is_optional_and_image_context_is_required():
-    net = _randomised(ConditionalUNet(**TINY))
-    xt, cond, text, image = _inputs(2, 16, 16)
+    net = randomised_unet(ConditionalUNet(**TINY))
+    xt, cond, text, image = unet_inputs(2, 16, 16)
     with torch.no_grad():
         both = net(xt, cond, 3, text, image)
         without_prompt = net(xt, cond, 3, None, image)
@@ -148,7 +127,7 @@ def test_contexts_change_the_output_text_context_is_optional_and_image_context_i
     assert (both[0] - other_content[0]).abs().max() > 1e-2 * both.abs().max()
     with pytest.raises(ValueError, match='image_context'):
         net(xt, cond, 3, text, None)
-    plain = _randomised(ConditionalUNet(**{**TINY, 'use_degra_context': False, 'use_image_context': False}))
+    plain = randomised_unet(ConditionalUNet(**{**TINY, 'use_degra_context': False, 'use_image_context': False}))
     assert not hasattr(plain, 'prompt')
     with torch.no_grad():
         assert plain(xt, cond, 3).shape == (2, 3, 16, 16)
@@ -165,23 +144,14 @@ def test_spatial_transformer_starts_as_identity_and_one_token_cross_attention_is
     torch.testing.assert_close(attention(tokens, context), expected, rtol=1e-5, atol=1e-6)
 
 
-def _release_and_ours(seed: int = 0, **config):
-    """The literal re-implementation of the release, randomised (std 0.05: outputs of ~10, the deepest paths
-    still count), and ours with its weights (strict load)."""
-    release = _randomised(OfficialConditionalUNet(**{**TINY, **config}), seed, std=0.05)
-    ours = ConditionalUNet(**{**TINY, **config})
-    ours.load_state_dict(release.state_dict(), strict=True)
-    return release, ours.eval()
-
-
 @pytest.mark.parametrize('height, width, time', [
     (32, 48, torch.tensor([9, 9])), (21, 37, 9), (48, 16, 9.0), (17, 33, torch.tensor([3, 61]))])
 def test_matches_the_release_computation(height, width, time):
     """Every optimisation (channels-last maps, merged linear attention, sub-pixel upsampling, in-place
     modulation, one-token cross-attention) computes the release's function: sizes that are and are not
     multiples of 16, ``time`` as a (B,) int tensor, a Python int and a Python float."""
-    release, ours = _release_and_ours()
-    xt, cond, text, image = _inputs(2, height, width)
+    release, ours = release_and_ours()
+    xt, cond, text, image = unet_inputs(2, height, width)
     with torch.no_grad():
         expected = release(xt, cond, time, text, image)
         assert_relative_close(ours(xt, cond, time, text, image), expected)
@@ -192,23 +162,23 @@ def test_inference_in_bands_of_positions_matches_the_release(monkeypatch):
     """Without autograd the linear attention works in bands of positions; tiny bands (a few rows, uneven last
     band, two images) still give the release's values."""
     monkeypatch.setattr(bands, 'BAND_BYTES', 3000)
-    release, ours = _release_and_ours(seed=2)
-    xt, cond, text, image = _inputs(2, 21, 37)
+    release, ours = release_and_ours(seed=2)
+    xt, cond, text, image = unet_inputs(2, 21, 37)
     with torch.no_grad():
         assert_relative_close(ours(xt, cond, 12, text, image), release(xt, cond, 12, text, image))
 
 
 def test_context_free_configuration_matches_the_release():
-    release, ours = _release_and_ours(use_degra_context=False, use_image_context=False)
-    xt, cond, _, _ = _inputs(1, 40, 24)
+    release, ours = release_and_ours(use_degra_context=False, use_image_context=False)
+    xt, cond, _, _ = unet_inputs(1, 40, 24)
     with torch.no_grad():
         assert_relative_close(ours(xt, cond, 50), release(xt, cond, 50))
 
 
 def test_training_forward_and_gradients_match_the_release():
     """With autograd nothing works in place: the output, the input gradient and every weight gradient agree."""
-    release, ours = _release_and_ours(seed=4)
-    xt, cond, text, image = _inputs(2, 24, 40)
+    release, ours = release_and_ours(seed=4)
+    xt, cond, text, image = unet_inputs(2, 24, 40)
     results = []
     for net in (release, ours):
         state = xt.clone().requires_grad_()
@@ -227,11 +197,11 @@ def test_training_forward_and_gradients_match_the_release():
 def test_weights_have_the_layout_of_their_gradients():
     """k x k weights are channels-last like the maps (the input convolution's stay contiguous: its input is
     NCHW); after a backward pass every gradient has its parameter's strides (DDP's buckets: no copy, no warning)."""
-    net = _randomised(ConditionalUNet(**TINY))
+    net = randomised_unet(ConditionalUNet(**TINY))
     assert net.init_conv.weight.is_contiguous()
     assert net.downs[0][0].block1.proj.weight.is_contiguous(memory_format=torch.channels_last)
     assert not net.downs[0][0].block1.proj.weight.is_contiguous()
-    xt, cond, text, image = _inputs(2, 24, 20)
+    xt, cond, text, image = unet_inputs(2, 24, 20)
     net.train()(xt, cond, torch.tensor([1, 2]), text, image).mean().backward()
     mismatched = [name for name, p in net.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
     assert not mismatched
@@ -260,7 +230,7 @@ def _convert(tmp_path, state, name='universal-ir.pth') -> int:
 
 @pytest.mark.parametrize('layout', ['bare', 'ddp', 'ema_pytorch'])
 def test_conversion_writes_params_that_load_strictly_and_reproduce_the_outputs(tmp_path, capsys, layout):
-    original = _randomised(OfficialConditionalUNet(**TINY), seed=3)  # the release's module tree
+    original = randomised_unet(OfficialConditionalUNet(**TINY), seed=3)  # the release's module tree
     state = OrderedDict(original.state_dict())  # the release saves the bare state dict
     if layout == 'ddp':
         state = OrderedDict((f'module.{k}', v) for k, v in state.items())
@@ -276,7 +246,7 @@ def test_conversion_writes_params_that_load_strictly_and_reproduce_the_outputs(t
                       'use_degra_context': True, 'use_image_context': True}
     net = ConditionalUNet(**{k: v for k, v in config.items() if k != 'type'})
     net.load_state_dict(converted['params'], strict=True)
-    xt, cond, text, image = _inputs(1, 21, 18)
+    xt, cond, text, image = unet_inputs(1, 21, 18)
     with torch.no_grad():
         assert_relative_close(net.eval()(xt, cond, 4.0, text, image), original(xt, cond, 4.0, text, image))
 
@@ -292,7 +262,7 @@ def test_conversion_infers_the_released_and_context_free_configurations():
 
 
 def test_conversion_rejects_files_that_are_not_a_conditional_unet(tmp_path, capsys):
-    state = _randomised(ConditionalUNet(**TINY)).state_dict()
+    state = randomised_unet(ConditionalUNet(**TINY)).state_dict()
     state['downs.0.0.block1.proj.weight'] = torch.zeros(8, 8, 5, 5)
     assert _convert(tmp_path, state) == 1
     assert 'downs.0.0.block1.proj.weight: (8, 8, 5, 5) instead of (8, 8, 3, 3)' in capsys.readouterr().err

@@ -35,8 +35,10 @@ Differences from the release, none of which changes an output the release comput
   re-implementation, ``tests/helpers/daclip_official_reference.py``; measured by ``scripts/benchmark_irsde.py``):
   channels-last maps and 1x1 convolutions as matrix products, merged linear attention, sub-pixel
   nearest-upsampling convolutions, in-place modulation without autograd, one-token cross-attention
-  as a broadcast (:mod:`vlunet.archs.daclip.irsde_unet_blocks`); no gradient checkpointing. The
-  output is contiguous NCHW, as the release's.
+  as a broadcast (:mod:`vlunet.archs.daclip.irsde_unet_blocks`); no gradient checkpointing; CPU
+  inference also folds the time modulation into the 3x3 weights with SiLU as a oneDNN post-op and runs
+  the deep levels' 3x3 convolutions as Winograd F(2x2, 3x3) (:mod:`vlunet.ops.fused_convolutions`).
+  The output is contiguous NCHW, as the release's.
 
 Parameter names are the release's: a released ``universal-ir.pth`` loads as it is
 (:mod:`vlunet.convert.irsde_checkpoint` only wraps it as ``{'params': state_dict}``).

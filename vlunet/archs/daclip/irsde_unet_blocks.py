@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vlunet.ops.fused_convolutions import conv_modulate_silu, fast_cpu_inference
 from vlunet.ops.bands import row_bands
 from vlunet.ops.channels_last import as_map, pixel_rows, pointwise
 from vlunet.ops.dispatch import bands_allowed
@@ -163,6 +164,8 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None,
                 shift: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if fast_cpu_inference(x):
+            return conv_modulate_silu(x, self.proj, scale, shift)
         x = self.proj(x)
         in_place = works_in_place(x) if scale is None else works_in_place(x, scale, shift)
         if scale is not None:
