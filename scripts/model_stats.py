@@ -27,21 +27,8 @@ from torch import nn
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers VLUNet)
 from basicsr.archs import build_network
-from vlunet.options import OptionError, load_option_file
-from vlunet.network_stats import count_macs, count_parameters, example_inputs
-
-
-def network_options(option_file: Optional[str], arch_json: Optional[str]) -> dict:
-    """The ``network_g`` section of ``option_file``, or the ``arch_json`` config (default: official VLUNet)."""
-    if option_file:
-        opt = load_option_file(option_file)
-        if not isinstance(opt.get('network_g'), dict):
-            raise OptionError(f'{option_file}: no `network_g` section to measure.')
-        return dict(opt['network_g'])
-    config = json.loads(arch_json) if arch_json else {}
-    if not isinstance(config, dict):
-        raise OptionError(f'--arch-json must be a JSON object, got {arch_json!r}')
-    return {'type': 'VLUNet', **config}
+from vlunet.options import OptionError
+from vlunet.network_stats import count_macs, count_parameters, example_inputs, network_options
 
 
 def median_latency(net: nn.Module, size: int, runs: int, device: torch.device) -> float:

@@ -9,7 +9,8 @@ VLU-Net: ``degradation``; see :mod:`vlunet.guidance.degradation_encoder`); IR-SD
 the embeddings is not counted. Used by ``scripts/model_stats.py`` and the comparison (:mod:`vlunet.compare`).
 """
 import inspect
-from typing import Dict, Tuple
+import json
+from typing import Dict, Optional, Tuple
 
 import torch
 from basicsr.archs import build_network
@@ -18,6 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlunet.guidance.degradation_encoder import UNDECLARED_GUIDANCE, declared_guidance
 from vlunet.models.daclip.irsde_sampler import is_noise_network
+from vlunet.ops.dispatch import meta_decides_as
+from vlunet.options import OptionError, load_option_file
 
 CONV_OPS = ('aten.convolution',)
 MATMUL_OPS = ('aten.mm', 'aten.addmm', 'aten.bmm', 'aten.baddbmm')
@@ -51,12 +54,26 @@ def count_macs(net_opt: dict, size: int) -> Dict[str, float]:
     with torch.device('meta'):
         net = build_network(dict(net_opt)).eval()
         inputs, guidance = example_inputs(net, size, torch.device('meta'))
-    # With autograd (nothing is stored on the meta device): the network's own multiply-adds. Without it the
-    # GDFN also multiplies the zero channels that pad its hidden width to whole vectors (+0.2 %).
-    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+    # The computation that runs on the CPU, with autograd (nothing is stored on the meta device): the network's own
+    # multiply-adds. Without autograd the GDFN also multiplies the zero channels that pad its hidden width to whole
+    # vectors (+0.2 %).
+    with torch.enable_grad(), meta_decides_as('cpu'), FlopCounterMode(display=False) as counter:
         net(*inputs, **guidance)
     flops = {str(op): count for op, count in counter.get_flop_counts()['Global'].items()}
     conv = sum(flops.get(op, 0) for op in CONV_OPS) / 2
     matmul = sum(flops.get(op, 0) for op in MATMUL_OPS) / 2
     total = counter.get_total_flops() / 2
     return {'total': total, 'conv': conv, 'matmul': matmul, 'other': total - conv - matmul}
+
+
+def network_options(option_file: Optional[str], arch_json: Optional[str]) -> dict:
+    """The ``network_g`` section of ``option_file``, or the ``arch_json`` config (default: official VLUNet)."""
+    if option_file:
+        opt = load_option_file(option_file)
+        if not isinstance(opt.get('network_g'), dict):
+            raise OptionError(f'{option_file}: no `network_g` section to measure.')
+        return dict(opt['network_g'])
+    config = json.loads(arch_json) if arch_json else {}
+    if not isinstance(config, dict):
+        raise OptionError(f'--arch-json must be a JSON object, got {arch_json!r}')
+    return {'type': 'VLUNet', **config}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from helpers.official_reference import official_forward
+from benchmarks.reimplementations.vlunet_release import official_forward
 from helpers.networks import channels_last_tensor, randomised, relative_error, tiny_net
 from vlunet.archs.restormer_blocks import GatedFeedForward, TransposedSelfAttention
 from vlunet.ops import bands, dispatch

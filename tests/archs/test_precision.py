@@ -94,7 +94,7 @@ def test_fp32_attention_is_the_fast_fp32_computation_bit_for_bit(heads):
 def irsde_unet_outputs():
     """A 16-channel ConditionalUNet (seeded initialisation) at 256x256 and the release's computation of it:
     fp32 and fp16/bf16 autocast outputs of both."""
-    from helpers.daclip_official_reference import OfficialConditionalUNet
+    from benchmarks.reimplementations.daclip_release import OfficialConditionalUNet
     from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
     torch.manual_seed(0)
     ours = ConditionalUNet(nf=16, context_dim=32).eval()

@@ -2,7 +2,7 @@
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from helpers.daclip_official_reference import OfficialConditionalUNet
+from benchmarks.reimplementations.daclip_release import OfficialConditionalUNet
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 
 TINY_UNET = {'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16}

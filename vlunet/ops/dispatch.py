@@ -24,7 +24,7 @@ depend on the input size or write into their inputs (bands, the hand-written bac
 """
 import contextlib
 import os
-from typing import Dict, FrozenSet, Iterator
+from typing import Dict, FrozenSet, Iterator, Optional
 
 import torch
 
@@ -33,6 +33,7 @@ FAST_PATHS = ('channels_last_products', 'bands', 'vector_padding', 'in_place', '
 MEASURED_DEVICES: Dict[str, FrozenSet[str]] = {path: frozenset({'cpu'}) for path in FAST_PATHS}
 _plain_depth = 0
 _whole_maps_depth = 0
+_meta_device: Optional[str] = None
 
 
 @contextlib.contextmanager
@@ -63,9 +64,20 @@ def plain_requested() -> bool:
     return _plain_depth > 0 or os.environ.get(PLAIN_ENV, '').strip().lower() not in ('', '0', 'false', 'no')
 
 
+@contextlib.contextmanager
+def meta_decides_as(device: str) -> Iterator[None]:
+    """Within it, maps on the ``meta`` device (shapes only: counting operations) take the paths of ``device``."""
+    global _meta_device
+    previous, _meta_device = _meta_device, device
+    try:
+        yield
+    finally:
+        _meta_device = previous
+
+
 def device_type(x: torch.Tensor) -> str:
     """The device type ('cpu', 'cuda', ...) whose measurements decide for ``x``."""
-    return x.device.type
+    return _meta_device if x.device.type == 'meta' and _meta_device else x.device.type
 
 
 def fast_path_allowed(path: str, x: torch.Tensor) -> bool:

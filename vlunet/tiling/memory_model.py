@@ -43,7 +43,7 @@ from vlunet.utils.cpu_memory import held_free_bytes
 ImageFunction = Callable[[torch.Tensor], torch.Tensor]
 # Side lengths of the two measurement images (rounded up to the network's size multiple).
 MEASURE_SIZES = (64, 128)
-# Predictions are this much above the fit. Measured (scripts/auto_tiling_figures.py, CPU): the fit is exact for
+# Predictions are this much above the fit. Measured (benchmarks/auto_tiling_figures.py, CPU): the fit is exact for
 # the torch allocator's peak at other sizes and batches (tiny VLU-Net, 48²-200², batch 1-4: within 0.1%); the
 # process's peak RSS above the state before is 0.81x the fit for a 256² forward, 1.02x for a whole 1280x1024
 # restore (official-size VLU-Net: 9.31 GiB measured, 9.10 GiB fitted, 11.36 GiB predicted with the margin) and

@@ -17,7 +17,7 @@ passes the CLIP degradation embedding) either on the whole image or on overlappi
 
 VLU-Net is not such a network: its channel attention is global (every output pixel depends on the
 whole input) and its degradation keys are resized to the input, so tiled and whole-image outputs
-differ everywhere, by more for smaller tiles. ``scripts/tiling_agreement.py`` measures it: for the
+differ everywhere, by more for smaller tiles. ``benchmarks/tiling_agreement.py`` measures it: for the
 official-size net (random weights) on a 768x512 photograph, PSNR(tiled, whole) is about 31 dB with
 128-pixel tiles, 32.5-33 dB with 256 and 35 dB with 512; overlaps of 64 instead of 16 gain at most
 0.7 dB (0.1-0.3 dB for 32), and the linear blending is 0.3-0.7 dB closer than a hard crop
@@ -54,7 +54,7 @@ ImageFunction = Callable[[torch.Tensor], torch.Tensor]
 # 'linear': weights ramp linearly across each overlap; 'crop': each pixel comes from its nearest tile only.
 BLENDS = ('linear', 'crop')
 AUTO = 'auto'
-DEFAULT_OVERLAP = 32  # scripts/tiling_agreement.py: 0.1-0.3 dB better than 16; 64 gains little more
+DEFAULT_OVERLAP = 32  # benchmarks/tiling_agreement.py: 0.1-0.3 dB better than 16; 64 gains little more
 DEFAULT_MIN_SIZE = 128  # smaller tiles lose > 1.5 dB against the whole image (31 dB at 128, 35 dB at 512)
 MAX_AUTO_BATCH = 8
 # Image-sized buffers besides the network's: blended output and weight sum (float32), the clamped result

@@ -7,7 +7,7 @@ second of system time per VLU-Net step at batch 2, 128 x 128 (measured on a 2-co
 them from the heap and keeping the freed heap makes the next step reuse the same pages.
 
 :func:`keep_freed_memory` is called by vlunet's entry points (``vlunet/train.py`` and ``vlunet/test.py``
-through :mod:`vlunet.entry`; ``scripts/inference.py``, ``scripts/benchmark.py`` and ``scripts/benchmark_irsde.py``
+through :mod:`vlunet.entry`; ``scripts/inference.py``, ``benchmarks/benchmark.py`` and ``benchmarks/benchmark_irsde.py``
 when run as scripts), never on ``import vlunet`` or by a ``main()`` called in-process: it changes the whole
 process. The process's memory then stays at its peak until it exits (as with PyTorch's CUDA caching
 allocator); the peak grows little (6.6 to 6.8 GB in a VLU-Net training run at batch 2, 128 x 128), and

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import load_script
-from helpers.daclip_official_reference import OfficialConditionalUNet
+from benchmarks.reimplementations.daclip_release import OfficialConditionalUNet
 from helpers.irsde import TINY_UNET, assert_relative_close, randomised_unet, release_and_ours, unet_inputs
 
 import vlunet  # noqa: F401

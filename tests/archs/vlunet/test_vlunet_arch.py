@@ -15,7 +15,7 @@ import vlunet  # noqa: F401  (compat shim before basicsr)
 from basicsr.models.base_model import BaseModel
 from basicsr.utils.registry import ARCH_REGISTRY
 from helpers.networks import TINY_VLUNET, relative_error, tiny_net
-from helpers.official_reference import official_forward
+from benchmarks.reimplementations.vlunet_release import official_forward
 from vlunet.archs.padding import pad_to_multiple
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.convert.vlunet_checkpoint import official_to_plugin_key, plugin_to_official_state_dict

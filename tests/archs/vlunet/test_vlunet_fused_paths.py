@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from helpers.official_reference import OfficialVLUNet
+from benchmarks.reimplementations.vlunet_release import OfficialVLUNet
 from helpers.networks import relative_error
 from helpers.networks import tiny_net as arch_tiny_net
 from vlunet.archs.restormer_blocks import TransformerBlock

@@ -1,6 +1,6 @@
 """The fast VLUNet paths compute the official function: channels-last and contiguous inputs, several
 attention heads, batch > 1, odd sizes; work is done once per forward and never repeated over the batch;
-bf16 autocast stays close; the AMP/compile option helpers; scripts/benchmark.py end to end."""
+bf16 autocast stays close; the AMP/compile option helpers; benchmarks/benchmark.py end to end."""
 import importlib.util
 import json
 import os.path as osp
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from helpers import REPO_ROOT
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from helpers.official_reference import OfficialVLUNet, official_forward
+from benchmarks.reimplementations.vlunet_release import OfficialVLUNet, official_forward
 from helpers.networks import relative_error
 from helpers.networks import tiny_net as arch_tiny_net
 from vlunet.archs.padding import pad_to_multiple
@@ -24,7 +24,7 @@ from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 from vlunet.utils.precision import AmpOptions, autocast, make_grad_scaler, parse_amp_options
 
 ROOT = REPO_ROOT
-BENCHMARK = osp.join(ROOT, 'scripts', 'benchmark.py')
+BENCHMARK = osp.join(ROOT, 'benchmarks', 'benchmark.py')
 TINY = dict(de_dim=3, dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 2, 4), key_size=8)  # arch tests' + heads
 
 
@@ -141,7 +141,7 @@ def test_trainable_official_baseline_matches_and_gets_gradients():
 
 @pytest.fixture(scope='module')
 def benchmark():
-    sys.path.insert(0, osp.join(ROOT, 'scripts'))
+    sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
     spec = importlib.util.spec_from_file_location('benchmark', BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -32,7 +32,7 @@ Differences from the release, none of which changes an output the release comput
 - ``use_image_context`` without an ``image_context`` is a clear error (the release fails inside the
   attention with a shape mismatch);
 - computed faster, the same function to float rounding (max relative error ~1e-6 against a literal
-  re-implementation, ``tests/helpers/daclip_official_reference.py``; measured by ``scripts/benchmark_irsde.py``):
+  re-implementation, ``benchmarks/reimplementations/daclip_release.py``; measured by ``benchmarks/benchmark_irsde.py``):
   channels-last maps and 1x1 convolutions as matrix products, merged linear attention, sub-pixel
   nearest-upsampling convolutions, in-place modulation without autograd, one-token cross-attention
   as a broadcast (:mod:`vlunet.archs.daclip.irsde_unet_blocks`); no gradient checkpointing; CPU

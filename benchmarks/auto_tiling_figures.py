@@ -2,9 +2,9 @@
 
 Usage::
 
-    python scripts/auto_tiling_figures.py --json auto_tiling.json                  # everything (CPU: an hour)
-    python scripts/auto_tiling_figures.py --parts model batch                      # the quick parts
-    python scripts/auto_tiling_figures.py --arch-json '{"dim": 16, ...}' --photos 96x64 --batch-tile 32
+    python benchmarks/auto_tiling_figures.py --json auto_tiling.json                  # everything (CPU: an hour)
+    python benchmarks/auto_tiling_figures.py --parts model batch                      # the quick parts
+    python benchmarks/auto_tiling_figures.py --arch-json '{"dim": 16, ...}' --photos 96x64 --batch-tile 32
 
 Parts (official-size VLU-Net with random weights by default, a random degradation vector d):
 

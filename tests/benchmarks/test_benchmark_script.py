@@ -1,7 +1,7 @@
-"""scripts/benchmark.py: the peak-memory probe, and timing against the authors' code (``--official-file``).
+"""benchmarks/benchmark.py: the peak-memory probe, and timing against the authors' code (``--official-file``).
 
 The official repository is not available offline, so the tests write a stand-in ``Final.py`` with
-the official class name and constructor that delegates to ``tests/helpers/official_reference.py`` and
+the official class name and constructor that delegates to ``benchmarks/reimplementations/vlunet_release.py`` and
 records how the benchmark builds, loads and calls it.
 """
 import importlib.util
@@ -21,7 +21,7 @@ from vlunet.options import OptionError
 from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 
 ROOT = REPO_ROOT
-BENCHMARK = osp.join(ROOT, 'scripts', 'benchmark.py')
+BENCHMARK = osp.join(ROOT, 'benchmarks', 'benchmark.py')
 # Sizes the official constructor can express (its key size is fixed at 96); tiny widths and depths.
 ARCH = {'de_dim': 3, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 2, 2, 4]}
 STAND_IN = '''
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, {tests!r})
-from helpers.official_reference import OfficialVLUNet
+from benchmarks.reimplementations.vlunet_release import OfficialVLUNet
 
 RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'record.jsonl')
 
@@ -67,7 +67,7 @@ class VLUNet(nn.Module):
 
 @pytest.fixture(scope='module')
 def benchmark():
-    sys.path.insert(0, osp.join(ROOT, 'scripts'))
+    sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
     spec = importlib.util.spec_from_file_location('benchmark', BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -77,7 +77,7 @@ def benchmark():
 def _stand_in(folder) -> str:
     path = folder / 'VLU-Net' / 'net' / 'Final.py'
     path.parent.mkdir(parents=True)
-    path.write_text(textwrap.dedent(STAND_IN).format(tests=osp.join(ROOT, 'tests')))
+    path.write_text(textwrap.dedent(STAND_IN).format(tests=ROOT))
     return str(path)
 
 
@@ -122,7 +122,7 @@ def test_without_a_file_the_baseline_is_labelled_as_our_re_implementation(tmp_pa
     stdout, results = _run(tmp_path, '--compare-official')
     assert results['baseline']['kind'] == 're-implementation'
     assert ('Baseline ("re-impl. of official"): re-implementation of the official forward '
-            '(tests/helpers/official_reference.py)') in stdout
+            '(benchmarks/reimplementations/vlunet_release.py)') in stdout
     assert "It is not the authors' code: pass --official-file" in stdout
     assert '| ours | re-impl. of official | speed-up |' in stdout and '| ours | official |' not in stdout
     assert results['forward'][0]['max_rel_error_vs_official'] <= 1e-5
@@ -163,7 +163,7 @@ print(json.dumps([benchmark.peak_memory(lambda: None, cpu),
 @pytest.mark.multiprocess
 def test_peak_memory_reports_what_a_job_allocates():
     """In a fresh interpreter, as the benchmark runs it (not one where keep_freed_memory holds freed memory)."""
-    completed = subprocess.run([sys.executable, '-c', PEAK_PROBES, BENCHMARK, osp.join(ROOT, 'scripts')],
+    completed = subprocess.run([sys.executable, '-c', PEAK_PROBES, BENCHMARK, osp.join(ROOT, 'benchmarks')],
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     idle, small, large = json.loads(completed.stdout.strip().splitlines()[-1])

@@ -1,11 +1,11 @@
 """Speed, memory and exactness of VLU-Net, optionally side by side with the official code.
 
 Usage:
-    python scripts/benchmark.py --official-file ../VLU-Net/net/Final.py --json benchmark.json  # vs the authors' code
-    python scripts/benchmark.py --compare-official                             # vs our re-implementation of it
-    python scripts/benchmark.py --precision bf16 --sizes 256                   # autocast trade-off
-    python scripts/benchmark.py --tiled-4k                                     # 3840x2160, tiles 256/32
-    python scripts/benchmark.py -opt options/train_vlunet_5task.yml --device cuda
+    python benchmarks/benchmark.py --official-file ../VLU-Net/net/Final.py --json benchmark.json  # vs the authors' code
+    python benchmarks/benchmark.py --compare-official                             # vs our re-implementation of it
+    python benchmarks/benchmark.py --precision bf16 --sizes 256                   # autocast trade-off
+    python benchmarks/benchmark.py --tiled-4k                                     # 3840x2160, tiles 256/32
+    python benchmarks/benchmark.py -opt options/train_vlunet_5task.yml --device cuda
 
 Measures, for the network of an option file / ``--arch-json`` (default: official VLUNet, random
 weights or ``--weights`` = a converted checkpoint):
@@ -17,7 +17,7 @@ weights or ``--weights`` = a converted checkpoint):
   ``--official-file PATH`` (a clone's ``net/Final.py``, imported from that path; its ``VLUNet`` gets
   our seeded random weights through ``plugin_to_official_state_dict``), or, with only
   ``--compare-official``, our re-implementation of the official forward
-  (``tests/helpers/official_reference.py``), labelled as such: it is not the authors' code;
+  (``benchmarks/reimplementations/vlunet_release.py``), labelled as such: it is not the authors' code;
 - a training step (``--train-batch`` x ``--train-size``^2: forward, L1 loss, backward, AdamW);
 - peak memory of each measurement (CPU: peak RSS above the RSS before the measurement, each in a
   fresh subprocess; CUDA: ``torch.cuda.max_memory_allocated``);
@@ -40,12 +40,10 @@ import json
 import math
 import multiprocessing
 import os.path as osp
-import platform
 import resource
-import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -54,23 +52,23 @@ from torch import nn
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
 from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
-from model_stats import count_macs, network_options
+from vlunet.network_stats import count_macs, network_options
 from vlunet.options import OptionError
 from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 from vlunet.utils.peak_memory import reset_peak_rss, rss_bytes
 from vlunet.utils.atomic_write import atomic_write_text
-from vlunet.utils.cpu_memory import freed_memory_kept, keep_freed_memory_in_entry_point
+from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
 from vlunet.inference import load_network_weights
 from vlunet.tiling.tiles import TileOptions, restore
 
-TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
-sys.path.insert(0, TESTS_DIR)
-from helpers.official_reference import OfficialVLUNet  # noqa: E402  (tests/ is not a package)
+from benchmark_common import Job, machine_info, matmul_gflops, relative_error, smooth_images, synchronize, time_alternating
+from reimplementations.vlunet_release import OfficialVLUNet
+
+BENCHMARKS_DIR = osp.dirname(osp.abspath(__file__))
 
 SEED = 0
-Job = Callable[[], object]
-REIMPLEMENTATION_LABEL = 're-implementation of the official forward (tests/helpers/official_reference.py)'
+REIMPLEMENTATION_LABEL = 're-implementation of the official forward (benchmarks/reimplementations/vlunet_release.py)'
 # Our constructor argument -> the official ``VLUNet`` argument (net/Final.py); the rest must be the official values.
 OFFICIAL_ARGUMENTS = {'de_dim': 'de_dim', 'in_channels': 'inp_channels', 'out_channels': 'out_channels', 'dim': 'dim',
                       'num_blocks': 'num_blocks', 'num_refinement_blocks': 'num_refinement_blocks',
@@ -79,14 +77,6 @@ OFFICIAL_FIXED = {'degradation_dim': 512, 'key_size': 96, 'gradient_step_heads':
 
 
 # ---------------------------------------------------------------- setup
-
-
-def smooth_images(batch: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """(batch, 3, H, W) smooth, deterministic images in [0, 1] (low-frequency sinusoids)."""
-    rows = torch.linspace(0, 1, height, device=device).view(1, 1, height, 1)
-    cols = torch.linspace(0, 1, width, device=device).view(1, 1, 1, width)
-    phase = torch.arange(batch * 3, device=device, dtype=torch.float32).view(batch, 3, 1, 1)
-    return 0.5 + 0.4 * torch.sin(2 * math.pi * (rows * 1.3 + cols * 0.7) + phase) * torch.cos(3 * cols + phase)
 
 
 def degradation_vectors(net: nn.Module, batch: int, device: torch.device) -> torch.Tensor:
@@ -110,11 +100,6 @@ def build_ours(net_opt: dict, weights: Optional[str], device: torch.device) -> n
 def official_state(net: nn.Module) -> Dict[str, torch.Tensor]:
     """Our weights under the official key names (input of the official computation)."""
     return {key: value.detach() for key, value in plugin_to_official_state_dict(net.state_dict()).items()}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def forward_job(net: nn.Module, image: torch.Tensor, degradation: torch.Tensor, amp: AmpOptions,
@@ -171,7 +156,7 @@ def build_baseline(net: nn.Module, net_opt: dict, official_file: Optional[str], 
     """The baseline network (eval mode) holding ``net``'s weights under the official key names.
 
     With ``official_file`` the authors' ``VLUNet`` from that file (strict ``load_state_dict``), else
-    :class:`OfficialVLUNet`, the re-implementation of the official forward in ``tests/helpers/official_reference.py``.
+    :class:`OfficialVLUNet`, the re-implementation of the official forward in ``benchmarks/reimplementations/vlunet_release.py``.
     """
     state = official_state(net)
     if official_file is None:
@@ -205,24 +190,6 @@ def train_step_job(net: nn.Module, batch: int, size: int, amp: AmpOptions, devic
 
 
 # ---------------------------------------------------------------- measuring
-
-
-def time_alternating(jobs: Dict[str, Job], repeats: int, warmup: int, device: torch.device) -> Dict[str, dict]:
-    """Seconds of each job: ``warmup`` untimed rounds, then ``repeats`` rounds, jobs alternating in each."""
-    times: Dict[str, List[float]] = {name: [] for name in jobs}
-    first: Dict[str, float] = {}
-    for round_index in range(warmup + repeats):
-        for name, job in jobs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            job()
-            synchronize(device)
-            elapsed = time.perf_counter() - start
-            first.setdefault(name, elapsed)
-            if round_index >= warmup:
-                times[name].append(elapsed)
-    return {name: {'median_s': statistics.median(values), 'min_s': min(values), 'max_s': max(values),
-                   'first_s': first[name], 'runs': len(values)} for name, values in times.items()}
 
 
 def _build_memory_job(task: dict) -> Job:
@@ -289,24 +256,6 @@ def measure_memory(task: dict) -> dict:
         return pool.apply(memory_probe, (task,))
 
 
-def matmul_gflops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 matrix-multiply rate (GFLOP/s) on ``device``: the compute-floor yardstick."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e9
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
-
-
 def precision_error(low: torch.Tensor, reference: torch.Tensor) -> dict:
     """Max abs / rel error of a low-precision output and its PSNR (dB) against the fp32 output."""
     mse = F.mse_loss(low.clamp(0, 1), reference.clamp(0, 1)).item()
@@ -330,21 +279,6 @@ def clip_cost(backbone: str, batch: int, size: int, repeats: int, device: torch.
 # ---------------------------------------------------------------- the benchmark
 
 
-def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
-            cpu = next(line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    info = {'cpu': cpu, 'threads': torch.get_num_threads(), 'torch': torch.__version__, 'device': str(device),
-            'python': platform.python_version(),
-            'malloc': 'freed memory kept (keep_freed_memory)' if freed_memory_kept() else 'system default'}
-    if device.type == 'cuda':
-        info['gpu'] = torch.cuda.get_device_name(device)
-    return info
-
-
 def baseline_info(args: argparse.Namespace) -> Optional[dict]:
     """What the "official" column is: the authors' file or our re-implementation (None: no baseline)."""
     if not args.compare_official:
@@ -352,7 +286,7 @@ def baseline_info(args: argparse.Namespace) -> Optional[dict]:
     if args.official_file:
         return {'kind': 'official-file', 'path': osp.abspath(args.official_file),
                 'label': f'the official code ({args.official_file}, class VLUNet)'}
-    return {'kind': 're-implementation', 'path': osp.join(TESTS_DIR, 'helpers', 'official_reference.py'),
+    return {'kind': 're-implementation', 'path': osp.join(BENCHMARKS_DIR, 'reimplementations', 'vlunet_release.py'),
             'label': REIMPLEMENTATION_LABEL}
 
 

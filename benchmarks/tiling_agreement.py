@@ -1,8 +1,8 @@
 """How far VLU-Net's tiled output is from its whole-image output, per tile size, overlap and blending.
 
 Usage:
-    python scripts/tiling_agreement.py --json tiling.json                 # docs/inference.md's table (CPU: minutes)
-    python scripts/tiling_agreement.py --arch-json '{"dim": 16, ...}' --sizes 32 --overlaps 8 --height 64 --width 96
+    python benchmarks/tiling_agreement.py --json tiling.json                 # docs/inference.md's table (CPU: minutes)
+    python benchmarks/tiling_agreement.py --arch-json '{"dim": 16, ...}' --sizes 32 --overlaps 8 --height 64 --width 96
 
 VLU-Net's channel attention is global (every output pixel depends on the whole input) and its
 degradation keys are resized to the input size, so a tiled restore never equals the whole-image one.

@@ -1,9 +1,9 @@
-"""scripts/benchmark_irsde.py: ConditionalUNet side by side with the release's network (``--official-file``).
+"""benchmarks/benchmark_irsde.py: ConditionalUNet side by side with the release's network (``--official-file``).
 
 The DA-CLIP repository is not available offline, so the test writes a stand-in
 ``models/modules/DenoisingUNet_arch.py`` whose ``ConditionalUNet`` comes, through a relative import of
 a sibling module (as the release's imports ``module_util`` and ``attention``), from the literal
-re-implementation in ``tests/helpers/daclip_official_reference.py``, behind the release's constructor signature:
+re-implementation in ``benchmarks/reimplementations/daclip_release.py``, behind the release's constructor signature:
 no defaults for ``in_nc, out_nc, nf`` and other defaults than the released configuration (``ch_mult``
 [1, 2, 4, 4], ``use_image_context`` off), so the script must pass every argument.
 """
@@ -16,7 +16,6 @@ import sys
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from helpers import REPO_ROOT
 
-TESTS_DIR = osp.join(REPO_ROOT, 'tests')
 TINY = {'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16}
 
 
@@ -24,8 +23,8 @@ def _release_stand_in(directory) -> str:
     modules = directory / 'models' / 'modules'
     modules.mkdir(parents=True)
     (modules / 'module_util.py').write_text(
-        f'import sys\nsys.path.insert(0, {TESTS_DIR!r})\n'
-        'from daclip_official_reference import OfficialConditionalUNet as ReleaseNetwork\n')
+        f'import sys\nsys.path.insert(0, {REPO_ROOT!r})\n'
+        'from benchmarks.reimplementations.daclip_release import OfficialConditionalUNet as ReleaseNetwork\n')
     (modules / 'DenoisingUNet_arch.py').write_text(
         'from .module_util import ReleaseNetwork\n\n\nclass ConditionalUNet(ReleaseNetwork):\n'
         '    def __init__(self, in_nc, out_nc, nf, ch_mult=[1, 2, 4, 4], context_dim=512, use_degra_context=True,\n'
@@ -35,7 +34,7 @@ def _release_stand_in(directory) -> str:
 
 
 def _run(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, osp.join(REPO_ROOT, 'scripts', 'benchmark_irsde.py'), *arguments],
+    return subprocess.run([sys.executable, osp.join(REPO_ROOT, 'benchmarks', 'benchmark_irsde.py'), *arguments],
                           capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
 
 

@@ -1,9 +1,9 @@
 """Speed and exactness of DA-CLIP's IR-SDE noise network (``ConditionalUNet``), side by side with the release's.
 
 Usage:
-    python scripts/benchmark_irsde.py --official-file ../universal-image-restoration/config/daclip-sde/models/modules/DenoisingUNet_arch.py
-    python scripts/benchmark_irsde.py                      # vs tests/helpers/daclip_official_reference.py
-    python scripts/benchmark_irsde.py --restore-steps 100  # also one 100-step restoration of a --sizes[0] image
+    python benchmarks/benchmark_irsde.py --official-file ../universal-image-restoration/config/daclip-sde/models/modules/DenoisingUNet_arch.py
+    python benchmarks/benchmark_irsde.py                      # vs benchmarks/reimplementations/daclip_release.py
+    python benchmarks/benchmark_irsde.py --restore-steps 100  # also one 100-step restoration of a --sizes[0] image
 
 Measures, for the released configuration (48,975,747 parameters; ``--arch-json`` for another):
 
@@ -12,7 +12,7 @@ Measures, for the released configuration (48,975,747 parameters; ``--arch-json``
   sampler's mode), and the max relative error max|ours − baseline| / max|baseline|. The baseline
   is the release's own ``DenoisingUNet_arch.py`` with ``--official-file`` (imported with its
   package, so its relative imports of ``module_util`` and ``attention`` resolve), or our literal
-  re-implementation of it (``tests/helpers/daclip_official_reference.py``), labelled as such. Weights: the
+  re-implementation of it (``benchmarks/reimplementations/daclip_release.py``), labelled as such. Weights: the
   baseline's own initialisation from ``--seed`` (zero-initialised transformer outputs as released;
   ``--randomize-zero`` draws them too, so the attention paths count in the error), copied into ours;
 - with ``--train-size``: a training step (forward, L1 loss, backward) of a ``--train-batch`` batch;
@@ -36,14 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
-from benchmark import machine_info, relative_error, smooth_images, time_alternating
+from benchmark_common import machine_info, relative_error, smooth_images, time_alternating
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.models.daclip.irsde_sampler import IRSDERestoration
 
-TESTS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests')
-REIMPLEMENTATION_LABEL = 're-implementation of the release (tests/helpers/daclip_official_reference.py)'
+REIMPLEMENTATION_LABEL = 're-implementation of the release (benchmarks/reimplementations/daclip_release.py)'
 # The released network configuration (DA-CLIP's options/train.yml); the release's constructor has no defaults for
 # the first three and others for ch_mult and use_image_context, so every argument is passed explicitly.
 RELEASED_CONFIG = {'in_nc': 3, 'out_nc': 3, 'nf': 64, 'ch_mult': [1, 2, 4, 8], 'context_dim': 512,
@@ -53,8 +52,7 @@ RELEASED_CONFIG = {'in_nc': 3, 'out_nc': 3, 'nf': 64, 'ch_mult': [1, 2, 4, 8], '
 def load_release_class(path: Optional[str]) -> type:
     """The release's ``ConditionalUNet`` from ``path`` (its ``DenoisingUNet_arch.py``), else the re-implementation."""
     if path is None:
-        sys.path.insert(0, TESTS_DIR)
-        from helpers.daclip_official_reference import OfficialConditionalUNet
+        from reimplementations.daclip_release import OfficialConditionalUNet
         return OfficialConditionalUNet
     if not osp.isfile(path):
         raise FileNotFoundError(f'--official-file {path}: no such file; give the release\'s '
@@ -176,7 +174,7 @@ def markdown(results: dict) -> str:
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--official-file', metavar='PATH', help="the release's DenoisingUNet_arch.py "
-                        '(default: tests/helpers/daclip_official_reference.py, a re-implementation)')
+                        '(default: benchmarks/reimplementations/daclip_release.py, a re-implementation)')
     parser.add_argument('--arch-json', help='ConditionalUNet arguments as JSON, over the released configuration')
     parser.add_argument('--sizes', type=int, nargs='+', default=[256], help='square forward sizes')
     parser.add_argument('--repeats', type=int, default=5, help='timed runs per measurement')

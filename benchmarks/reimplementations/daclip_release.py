@@ -2,7 +2,7 @@
 
 Written from the description of the release (docs/daclip.md#the-conditional-u-net), not from the
 plugin's code, to check that :class:`vlunet.archs.daclip.irsde_unet_arch.ConditionalUNet` computes
-the same function and to be the baseline of ``scripts/benchmark_irsde.py``. It follows the release's
+the same function and to be the baseline of ``benchmarks/benchmark_irsde.py``. It follows the release's
 operations literally: ``x * (scale + 1) + shift`` then SiLU as separate tensors, concatenated skips,
 attention as explicit ``einsum`` + softmax with ``(b h)`` folded heads, the transformer block under
 gradient checkpointing when gradients are on, reflect padding to a multiple of 2^depth.

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/daclip_benchmark.py [--backbone ViT-B-32] [--batch 16] [--size 256 256] [--runs 5] [--threads N]
+    python benchmarks/daclip_benchmark.py [--backbone ViT-B-32] [--batch 16] [--size 256 256] [--runs 5] [--threads N]
 
 The original restoration code computes ``encode_image(clip_transform(LQ), control=True)``: per image a
 numpy uint8 cast, PIL + torchvision ``Resize(224, BICUBIC)``, ``CenterCrop``, ``ToTensor``, ``Normalize``

@@ -1,4 +1,4 @@
-"""Tiled VLU-Net vs whole-image VLU-Net (scripts/tiling_agreement.py): the attention is global, so they
+"""Tiled VLU-Net vs whole-image VLU-Net (benchmarks/tiling_agreement.py): the attention is global, so they
 differ, but they agree within measured PSNR bounds that rise with the tile size."""
 import importlib.util
 import json
@@ -15,7 +15,7 @@ import vlunet  # noqa: F401  (compat shim before basicsr)
 from helpers import REPO_ROOT
 from vlunet.tiling.tiles import BLENDS, restore_tiled
 
-SCRIPT = osp.join(REPO_ROOT, 'scripts', 'tiling_agreement.py')
+SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'tiling_agreement.py')
 TINY = dict(de_dim=3, dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], key_size=8)
 # Measured on this config (seed 0, astronaut 96x64): tile 32: 41.8-42.9 dB, tile 64: 50.5-51.5 dB.
 MIN_PSNR = {32: 39.0, 64: 48.0}
