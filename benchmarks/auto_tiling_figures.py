@@ -34,13 +34,19 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import vlunet  # noqa: F401,E402  (compat shim before basicsr; registers the archs)
-from basicsr.archs import build_network  # noqa: E402
-
-from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
-from vlunet.tiling.memory_model import (MEMORY_MARGIN, cached_memory_model, format_bytes,  # noqa: E402
-                                       measure_memory_model, network_memory_key, parse_memory_size,
-                                       peak_forward_bytes)
+from vlunet.tiling.memory_model import (  # noqa: E402
+    MEMORY_MARGIN,
+    cached_memory_model,
+    format_bytes,
+    measure_memory_model,
+    network_memory_key,
+    parse_memory_size,
+    peak_forward_bytes,
+)
 from vlunet.tiling.tiles import AutoTile, TileOptions, plan_tiles, repeat_per_tile, restore  # noqa: E402
+from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
+
+from basicsr.archs import build_network  # noqa: E402
 
 SEED = 0
 SIZE_MULTIPLE = 8

@@ -47,23 +47,31 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from benchmark_common import (
+    Job,
+    machine_info,
+    matmul_gflops,
+    relative_error,
+    smooth_images,
+    synchronize,
+    time_alternating,
+)
+from reimplementations.vlunet_release import OfficialVLUNet
 from torch import nn
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
-from basicsr.archs import build_network
-from basicsr.utils.registry import ARCH_REGISTRY
+from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
+from vlunet.inference import load_network_weights
 from vlunet.network_stats import count_macs, network_options
 from vlunet.options import OptionError
-from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
-from vlunet.utils.peak_memory import reset_peak_rss, rss_bytes
+from vlunet.tiling.tiles import TileOptions, restore
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
+from vlunet.utils.peak_memory import reset_peak_rss, rss_bytes
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
-from vlunet.inference import load_network_weights
-from vlunet.tiling.tiles import TileOptions, restore
 
-from benchmark_common import Job, machine_info, matmul_gflops, relative_error, smooth_images, synchronize, time_alternating
-from reimplementations.vlunet_release import OfficialVLUNet
+from basicsr.archs import build_network
+from basicsr.utils.registry import ARCH_REGISTRY
 
 BENCHMARKS_DIR = osp.dirname(osp.abspath(__file__))
 

@@ -33,14 +33,14 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from benchmark_common import machine_info, relative_error, smooth_images, time_alternating
 from torch import nn
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
-from benchmark_common import machine_info, relative_error, smooth_images, time_alternating
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
+from vlunet.models.daclip.irsde_sampler import IRSDERestoration
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
-from vlunet.models.daclip.irsde_sampler import IRSDERestoration
 
 REIMPLEMENTATION_LABEL = 're-implementation of the release (benchmarks/reimplementations/daclip_release.py)'
 # The released network configuration (DA-CLIP's options/train.yml); the release's constructor has no defaults for

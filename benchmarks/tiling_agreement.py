@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
-from basicsr.archs import build_network
-from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.inference import load_network_weights
-from vlunet.utils.safe_load import BadFileError
 from vlunet.tiling.tiles import BLENDS, restore_tiled, run_padded
+from vlunet.utils.atomic_write import atomic_write_text
+from vlunet.utils.safe_load import BadFileError
+
+from basicsr.archs import build_network
 
 SEED = 0
 SIZE_MULTIPLE = 8

@@ -22,16 +22,17 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 import vlunet  # noqa: F401,E402  (compat shim before basicsr; registration)
-from basicsr.data import build_dataset  # noqa: E402
-from basicsr.utils import set_random_seed  # noqa: E402
-from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 from vlunet.guidance.degradation_classification import format_accuracy_table, write_heatmap  # noqa: E402
 from vlunet.options import OptionError, load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
 from vlunet.utils.safe_load import report_bad_files  # noqa: E402
+
+from basicsr.data import build_dataset  # noqa: E402
+from basicsr.utils import set_random_seed  # noqa: E402
+from basicsr.utils.registry import MODEL_REGISTRY  # noqa: E402
 
 
 def report_options(opt: dict, weights: str, device: str) -> dict:

@@ -43,16 +43,17 @@ from typing import Dict, List
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-import vlunet  # noqa: F401,E402  (BasicSR compatibility fixes first)
 import torch  # noqa: E402
-from basicsr.archs import build_network  # noqa: E402
-from basicsr.utils import FileClient, scandir  # noqa: E402
 
+import vlunet  # noqa: F401,E402  (BasicSR compatibility fixes first)
 from vlunet.data.image_io import read_image  # noqa: E402
 from vlunet.metrics.restoration_metric import calculate_psnr_float_rgb  # noqa: E402
 from vlunet.options import load_option_file  # noqa: E402
 from vlunet.utils.atomic_write import atomic_torch_save  # noqa: E402
 from vlunet.utils.cpu_threads import cpu_threads  # noqa: E402
+
+from basicsr.archs import build_network  # noqa: E402
+from basicsr.utils import FileClient, scandir  # noqa: E402
 
 CLIP_OPTIONS = osp.join('options', 'demo', 'train_clip_demo.yml')
 TRAIN_OPTIONS = osp.join('options', 'demo', 'train_demo.yml')

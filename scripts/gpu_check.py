@@ -197,6 +197,7 @@ def prepare_work_dir(work: str, tiny: bool) -> None:
             raise RuntimeError(f'making the demo data failed: {finished.stderr.strip().splitlines()[-1:]}')
     sys.path.insert(0, SCRIPTS_DIR)
     from demo import write_demo_encoder
+
     from vlunet.options import load_option_file
     write_demo_encoder(load_option_file(osp.join(REPO_ROOT, 'options', 'demo', 'test_demo.yml')), root=work)
 
@@ -329,6 +330,7 @@ def check_ddp(work: str, iterations: int) -> dict:
 
 def check_tiling(device: str, tiny: bool) -> dict:
     import torch
+
     from vlunet.archs.vlunet.vlunet_arch import SIZE_MULTIPLE, VLUNet
     from vlunet.tiling.memory_model import network_memory_key, peak_forward_bytes
     from vlunet.tiling.tiles import parse_tile_options, restore
@@ -458,6 +460,7 @@ def _train_job(net, inputs: dict, precision: str, device: str) -> Callable[[], o
 def check_timing(device: str, tiny: bool, official: Dict[str, str], compile_backend: str, warmup: int,
                  repeats: int, networks: Sequence[str]) -> dict:
     import torch
+
     from vlunet.utils.precision import CompileOptions, compile_network
     sizes, train_size = ((32,), 32) if tiny else ((256, 512), 128)
     rows, notes = [], []

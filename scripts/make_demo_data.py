@@ -24,11 +24,11 @@ from typing import Dict, List
 import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import vlunet  # noqa: F401,E402  (BasicSR compatibility fixes first)
 import cv2  # noqa: E402
 import skimage.data  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import vlunet  # noqa: F401,E402  (BasicSR compatibility fixes first)
 from vlunet.data.synthetic_degradations import apply_degradations  # noqa: E402
 from vlunet.utils.atomic_write import atomic_imwrite  # noqa: E402
 

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers VLUNet)
-from basicsr.archs import build_network
-from vlunet.options import OptionError
 from vlunet.network_stats import count_macs, count_parameters, example_inputs, network_options
+from vlunet.options import OptionError
+
+from basicsr.archs import build_network
 
 
 def median_latency(net: nn.Module, size: int, runs: int, device: torch.device) -> float:

@@ -32,20 +32,20 @@ import sys
 from typing import Dict, List, Optional
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import vlunet  # noqa: F401,E402  (BasicSR compatibility fixes first)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import vlunet  # noqa: F401,E402  (BasicSR compatibility fixes first)
 from vlunet.data.pair_sources import resolve_source  # noqa: E402
 from vlunet.data.perceiveir.perceiveir_folds import other_fold_file, split_meta_info_file  # noqa: E402
 from vlunet.data.perceiveir.perceiveir_triplet_dataset import format_triplet_meta_info  # noqa: E402
 from vlunet.data.synthetic_degradations import apply_degradations  # noqa: E402
 from vlunet.inference import build_restoration_network, load_image, resolve_device, save_image  # noqa: E402
 from vlunet.options import load_option_file  # noqa: E402
+from vlunet.tiling.tiles import parse_tile_options, restore  # noqa: E402
 from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
 from vlunet.utils.safe_load import report_bad_files  # noqa: E402
-from vlunet.tiling.tiles import parse_tile_options, restore  # noqa: E402
 
 META_INFO = 'meta_info.txt'
 RUN_META_PREFIX = 'meta_info_restored_by_'

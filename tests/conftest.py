@@ -1,5 +1,6 @@
 """Shared pytest fixtures (helpers that tests import are in :mod:`helpers`)."""
 import pytest
+
 from helpers import register_tiny_clip
 
 

@@ -20,6 +20,7 @@ import sysconfig
 
 import pytest
 import yaml
+
 from helpers import REPO_ROOT, smooth_image, write_image
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONHASHSEED='0')

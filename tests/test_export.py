@@ -4,12 +4,12 @@ import os.path as osp
 import pytest
 import torch
 
-from helpers import load_script
-
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
-from vlunet.utils.atomic_write import atomic_torch_save
 from vlunet.export import FixedDegradation, check_onnx, check_program, export_onnx, export_program
+from vlunet.utils.atomic_write import atomic_torch_save
+
+from helpers import load_script
 
 TINY = dict(de_dim=3, dim=10, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 2, 2),
             gradient_step_heads=1, key_size=8)

@@ -10,13 +10,15 @@ import sys
 import pytest
 import torch
 import yaml
-from basicsr.archs import build_network
-from helpers import REPO_ROOT, load_script, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from vlunet import entry
 from vlunet.inference import Restorer
 from vlunet.options import OptionError, check_option_file, load_option_file
+
+from basicsr.archs import build_network
+
+from helpers import REPO_ROOT, load_script, smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 2, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

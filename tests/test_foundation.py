@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from vlunet import command_line
 from vlunet.options import OptionError, check_option_file
 from vlunet.utils.registration import import_modules_by_suffix
+
+from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 
 REGISTRIES = ('ARCH_REGISTRY', 'DATASET_REGISTRY', 'MODEL_REGISTRY', 'LOSS_REGISTRY', 'METRIC_REGISTRY')
 SUBPACKAGES = {'archs': '_arch.py', 'data': '_dataset.py', 'models': '_model.py', 'losses': '_loss.py',

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import load_script, smooth_image, write_image
 
 import vlunet  # noqa: F401
-from basicsr.archs import build_network
-from vlunet.inference import (DEFAULT_PROMPTS, InferenceOutOfMemoryError, NonFiniteImageError, Restorer,
-                              load_image)
+from vlunet.inference import DEFAULT_PROMPTS, InferenceOutOfMemoryError, NonFiniteImageError, Restorer, load_image
 from vlunet.tiling.tiles import parse_tile_options
+
+from basicsr.archs import build_network
+
+from helpers import load_script, smooth_image, write_image
 
 TINY_SIZES = {'type': 'VLUNet', 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

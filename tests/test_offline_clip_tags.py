@@ -1,13 +1,14 @@
 """An open_clip ``pretrained`` tag whose weights are neither cached nor downloadable is one line from the option
 check, before anything is created (issue 25, item 7); cached or reachable weights pass, unknown tags are named."""
 import os
-import pytest
 
-from helpers import REPO_ROOT, run_entry
+import pytest
 
 import vlunet  # noqa: F401
 from vlunet.archs import degradation_clip_arch
 from vlunet.options import _network_errors
+
+from helpers import REPO_ROOT, run_entry
 
 DACLIP_TAGGED = {'network_clip': {'type': 'DACLIP', 'backbone': 'ViT-B-32', 'pretrained': 'laion2b_s34b_b79k'}}
 

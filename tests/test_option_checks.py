@@ -11,12 +11,14 @@ import os.path as osp
 
 import pytest
 import yaml
-from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
+from vlunet.options import OptionError, apply_force_yml, check_option_file
+
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
-from vlunet.options import OptionError, apply_force_yml, check_option_file
+
+from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 2, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

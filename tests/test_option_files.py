@@ -14,15 +14,17 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, smooth_image, write_image
 
 import vlunet  # noqa: F401
+from vlunet.data.daclip.daclip_universal_dataset import universal_tasks
+from vlunet.options import check_option_file, load_option_file
+
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 from basicsr.utils.options import parse_options
-from vlunet.data.daclip.daclip_universal_dataset import universal_tasks
-from vlunet.options import check_option_file, load_option_file
+
+from helpers import REPO_ROOT, smooth_image, write_image
 
 OPTION_FILES = sorted(osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO_ROOT, 'options', '**', '*.yml'),
                                                                     recursive=True))

@@ -34,8 +34,14 @@ from vlunet.utils import console_log
 from vlunet.utils.cpu_threads import use_cpu_threads
 from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
 from vlunet.utils.resume_state import check_optimizer_shapes
-from vlunet.utils.safe_load import (BadFileError, WrongContentsError, load_checked_state_dict, one_line,
-                                    require_state_dict, safe_torch_load)
+from vlunet.utils.safe_load import (
+    BadFileError,
+    WrongContentsError,
+    load_checked_state_dict,
+    one_line,
+    require_state_dict,
+    safe_torch_load,
+)
 
 _installed = False
 

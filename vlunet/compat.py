@@ -49,6 +49,7 @@ import sys
 from typing import List
 
 import torch
+
 from vlunet_basicsr_hook import install_functional_tensor_alias
 
 _LOGGER = logging.getLogger('basicsr')
@@ -92,10 +93,10 @@ def _install_functional_tensor_alias() -> None:
 def _patch_load_resume_state() -> None:
     """2. Resume states through :mod:`vlunet.utils.resume_state` (safe, checked, auto-resume fallback), on the CPU
     without CUDA; 12. epochs reach ``total_iter`` whatever the world size the state was written with."""
-    import basicsr.train
-
     from vlunet.command_line import output_root
     from vlunet.utils import resume_state as resume
+
+    import basicsr.train
     resumed = {}
 
     def warn(message: str) -> None:
@@ -152,8 +153,9 @@ def _patch_init_dist() -> None:
 
 
 def _patch_model_to_device() -> None:
-    from basicsr.models.base_model import BaseModel
     from torch.nn.parallel import DistributedDataParallel
+
+    from basicsr.models.base_model import BaseModel
     original = BaseModel.model_to_device
 
     def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:

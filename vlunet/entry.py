@@ -13,8 +13,9 @@ from vlunet.utils import console_log
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.cpu_threads import use_cpu_threads
 from vlunet.utils.experiment_lock import ExperimentLockedError, acquire_training_lock
-from vlunet.utils.training_interrupts import run_test, run_training
 from vlunet.utils.safe_load import report_bad_files
+from vlunet.utils.training_interrupts import run_test, run_training
+
 
 def print_help(pipeline: Callable[[str], None]) -> None:
     """BasicSR's ``--help`` (its parser prints it and exits in the pipeline's first call), with ``--verbose`` added."""

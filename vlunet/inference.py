@@ -56,36 +56,49 @@ to do (:class:`NonFiniteImageError`, :class:`InferenceOutOfMemoryError`), instea
 the allocator's message; under ``tile='auto'`` an image that cannot fit even in the smallest tiles
 raises :class:`~vlunet.tiling.tiles.InsufficientMemoryError` before any work.
 """
-from functools import partial
 import os.path as osp
+from functools import partial
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from basicsr.archs import build_network
-from basicsr.utils import FileClient, img2tensor, tensor2img
 from torch import nn
 
 from vlunet.archs.daclip.daclip_arch import DACLIP
 from vlunet.archs.daclip.nafnet_daclip_arch import NAFNetDACLIP
+from vlunet.convert.vlunet_checkpoint import detect_de_dim
+from vlunet.convert.vlunet_release import RELEASE_PACKAGE_URL
 from vlunet.data.daclip.daclip_universal_dataset import DACLIP_DEGRADATIONS
 from vlunet.data.image_io import read_image
 from vlunet.data.task_catalog import KNOWN_TASKS
 from vlunet.guidance.degradation_classification import OFFICIAL_SCORER, PromptScorer, read_scorer
+from vlunet.guidance.degradation_encoder import (
+    WEIGHTS_KEY,
+    Guidance,
+    build_degradation_encoder,
+    encode_guidance,
+    guidance_inputs,
+    guidance_keywords,
+)
 from vlunet.losses.daclip.daclip_loss import DACLIPLoss
-from vlunet.guidance.degradation_encoder import (WEIGHTS_KEY, Guidance, build_degradation_encoder, encode_guidance,
-                                               guidance_inputs, guidance_keywords)
-from vlunet.options import load_option_file
-from vlunet.utils.atomic_write import atomic_imwrite
 from vlunet.models.checkpoint_options import read_carried_options
 from vlunet.models.daclip.irsde_sampler import IRSDERestoration, check_encoder, encode_contexts, is_noise_network
-from vlunet.convert.vlunet_checkpoint import detect_de_dim
-from vlunet.convert.vlunet_release import RELEASE_PACKAGE_URL
-from vlunet.utils.precision import AmpOptions, autocast
-from vlunet.utils.safe_load import (MissingFileError, WrongContentsError, check_file, load_checked_state_dict,
-                                    require_state_dict, safe_torch_load)
+from vlunet.options import load_option_file
 from vlunet.tiling.memory_model import cached_memory_model, network_memory_key
 from vlunet.tiling.tiles import AutoTile, TileOptions, TilePlan, parse_tile_options, plan_tiles, restore
+from vlunet.utils.atomic_write import atomic_imwrite
+from vlunet.utils.precision import AmpOptions, autocast
+from vlunet.utils.safe_load import (
+    MissingFileError,
+    WrongContentsError,
+    check_file,
+    load_checked_state_dict,
+    require_state_dict,
+    safe_torch_load,
+)
+
+from basicsr.archs import build_network
+from basicsr.utils import FileClient, img2tensor, tensor2img
 
 DEFAULT_PROMPTS = tuple(task.text for task in KNOWN_TASKS.values())
 DEFAULT_ENCODER = {'type': 'DegradationCLIP', 'backbone': 'ViT-B-32', 'pretrained': None}

@@ -13,7 +13,6 @@ import json
 from typing import Dict, Optional, Tuple
 
 import torch
-from basicsr.archs import build_network
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -21,6 +20,8 @@ from vlunet.guidance.degradation_encoder import UNDECLARED_GUIDANCE, declared_gu
 from vlunet.models.daclip.irsde_sampler import is_noise_network
 from vlunet.ops.dispatch import meta_decides_as
 from vlunet.options import OptionError, load_option_file
+
+from basicsr.archs import build_network
 
 CONV_OPS = ('aten.convolution',)
 MATMUL_OPS = ('aten.mm', 'aten.addmm', 'aten.bmm', 'aten.baddbmm')

@@ -27,13 +27,14 @@ from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
+
+from vlunet.archs.degradation_clip_arch import pretrained_tag_problem
+from vlunet.utils.close_paths import close_file
+
 from basicsr.models import lr_scheduler
 from basicsr.models.sr_model import SRModel
 from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
-
-from vlunet.archs.degradation_clip_arch import pretrained_tag_problem
-from vlunet.utils.close_paths import close_file
 
 KNOWN_TOP_LEVEL_KEYS = ('name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val',
                         'logger', 'dist_params', 'find_unused_parameters', 'degradation_encoder', 'degradation_prompts',

@@ -14,8 +14,9 @@ if __name__ == '__main__' and not __package__:
 
 def main() -> None:
     import vlunet  # noqa: F401  (compatibility fixes and registration)
-    from basicsr.test import test_pipeline
     from vlunet.entry import run_pipeline
+
+    from basicsr.test import test_pipeline
     run_pipeline(test_pipeline, is_train=False)
 
 

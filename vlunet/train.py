@@ -14,8 +14,9 @@ if __name__ == '__main__' and not __package__:
 
 def main() -> None:
     import vlunet  # noqa: F401  (compatibility fixes and registration)
-    from basicsr.train import train_pipeline
     from vlunet.entry import run_pipeline
+
+    from basicsr.train import train_pipeline
     run_pipeline(train_pipeline, is_train=True)
 
 

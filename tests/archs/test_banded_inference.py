@@ -8,12 +8,13 @@ import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from benchmarks.reimplementations.vlunet_release import official_forward
-from helpers.networks import channels_last_tensor, randomised, relative_error, tiny_net
 from vlunet.archs.restormer_blocks import GatedFeedForward, TransposedSelfAttention
+from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 from vlunet.ops import bands, dispatch
 from vlunet.ops.bands import row_bands
 from vlunet.ops.fast_blocks import vector_aligned_weights
-from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
+
+from helpers.networks import channels_last_tensor, randomised, relative_error, tiny_net
 
 
 def test_row_bands_cover_the_rows_once_within_the_budget():

@@ -7,15 +7,19 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from helpers import TINY_CLIP_CONFIG
 from torchvision import transforms
 
 import vlunet  # noqa: F401
 from vlunet.archs.degradation_clip_arch import DegradationCLIP, clip_preprocess
-from vlunet.losses.vlunet.degradation_contrastive_loss import (DegradationContrastiveLoss, MultiPositiveContrastiveLoss,
-                                                        PromptCrossEntropyLoss)
+from vlunet.losses.vlunet.degradation_contrastive_loss import (
+    DegradationContrastiveLoss,
+    MultiPositiveContrastiveLoss,
+    PromptCrossEntropyLoss,
+)
 from vlunet.metrics.degradation_accuracy_metric import calculate_degradation_accuracy, similarity_matrix
 from vlunet.utils.similarity_heatmap import colour_bar, draw_heatmap, format_similarity_csv
+
+from helpers import TINY_CLIP_CONFIG
 
 TAU = 1 / 0.07
 

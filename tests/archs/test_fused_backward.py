@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vlunet.archs.restormer_blocks import GatedFeedForward, TransposedSelfAttention
 from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
 from vlunet.ops import dispatch
 from vlunet.ops.attention_backward import AttentionChannels, fused_projected_attention
-from vlunet.archs.restormer_blocks import GatedFeedForward, TransposedSelfAttention
 
 
 def channels_last(*shape: int) -> torch.Tensor:

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from helpers.networks import channels_last_tensor, randomised, relative_error, tiny_net
-from vlunet.ops import bands
+from vlunet.archs.restormer_blocks import GatedFeedForward, TransformerBlock, TransformerBlocks, TransposedSelfAttention
 from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
-from vlunet.archs.restormer_blocks import (GatedFeedForward, TransformerBlock, TransformerBlocks,
-                                           TransposedSelfAttention)
+from vlunet.ops import bands
+
+from helpers.networks import channels_last_tensor, randomised, relative_error, tiny_net
 
 # BAND_BYTES: at width 11, 2-row bands of the MDTA's 24 expanded channels and 1-row bands of the GDFN's 42; no bands
 BANDED = {'bands': 2 * 24 * 11 * 4, 'whole maps': 1 << 40}

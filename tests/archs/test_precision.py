@@ -5,10 +5,11 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
+from vlunet.archs.vlunet.vlunet_arch import VLUNet
+from vlunet.ops.attention import channel_attention
+
 from helpers import smooth_image
 from helpers.networks import relative_error
-from vlunet.ops.attention import channel_attention
-from vlunet.archs.vlunet.vlunet_arch import VLUNet
 
 REDUCED = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 TOLERANCE = 1e-2  # max |low - fp32| / max |fp32|

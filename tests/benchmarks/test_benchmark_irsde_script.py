@@ -8,12 +8,14 @@ no defaults for ``in_nc, out_nc, nf`` and other defaults than the released confi
 [1, 2, 4, 4], ``use_image_context`` off), so the script must pass every argument.
 """
 import json
-import pytest
 import os.path as osp
 import subprocess
 import sys
 
+import pytest
+
 import vlunet  # noqa: F401  (compat shim before basicsr)
+
 from helpers import REPO_ROOT
 
 TINY = {'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16}

@@ -13,12 +13,12 @@ import textwrap
 
 import pytest
 
-from helpers import REPO_ROOT
-
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
-from vlunet.options import OptionError
 from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
+from vlunet.options import OptionError
+
+from helpers import REPO_ROOT
 
 ROOT = REPO_ROOT
 BENCHMARK = osp.join(ROOT, 'benchmarks', 'benchmark.py')

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from helpers import REPO_ROOT
 from vlunet.tiling.tiles import BLENDS, restore_tiled
+
+from helpers import REPO_ROOT
 
 SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'tiling_agreement.py')
 TINY = dict(de_dim=3, dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], key_size=8)

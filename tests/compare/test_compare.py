@@ -9,11 +9,13 @@ import yaml
 from PIL import Image
 
 import vlunet  # noqa: F401
-from basicsr.archs import build_network
-from helpers import TINY_CLIP_CONFIG, load_script, run_entry, smooth_image, write_image
 from vlunet.compare import cli
 from vlunet.compare.grid import GAP, Panel, most_different_box, parse_box, render_grid
 from vlunet.compare.methods import parse_method
+
+from basicsr.archs import build_network
+
+from helpers import TINY_CLIP_CONFIG, load_script, run_entry, smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 3, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 import vlunet  # noqa: F401  (registration)
+
 from basicsr.archs import build_network
+
 from helpers import smooth_image, write_image
 
 if importlib.util.find_spec('gradio') is None or importlib.util.find_spec('gradio_client') is None:

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401  (registration)
-from basicsr.archs import build_network
-from helpers import smooth_image, write_image
 from vlunet.compare import cli
+
+from basicsr.archs import build_network
+
+from helpers import smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 3, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

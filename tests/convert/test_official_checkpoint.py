@@ -9,12 +9,12 @@ import open_clip
 import pytest
 import torch
 
-from helpers import FIXTURES, REPO_ROOT, load_script
-
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.convert.vlunet_checkpoint import convert_official_checkpoint
 from vlunet.convert.vlunet_release import RELEASE_PACKAGE_URL, verify_official_file
+
+from helpers import FIXTURES, REPO_ROOT, load_script
 
 SCRIPT = osp.join(REPO_ROOT, 'scripts', 'convert_official_checkpoint.py')
 MANIFEST = osp.join(FIXTURES, 'vlunet_official_state_dict.tsv')

@@ -5,12 +5,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import smooth_image, write_image
 
 import vlunet  # noqa: F401
+from vlunet.data.image_io import ImageReadError, read_image
+
 from basicsr.data import build_dataset
 from basicsr.utils import FileClient
-from vlunet.data.image_io import ImageReadError, read_image
+
+from helpers import smooth_image, write_image
 
 
 def _dataset(tasks, **opt):

@@ -5,13 +5,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import smooth_image, write_image
 from torch.utils.data import DataLoader
 
 import vlunet  # noqa: F401
+from vlunet.data.benchmark_dataset import stable_seed
+
 from basicsr.data import build_dataset
 from basicsr.utils.registry import MODEL_REGISTRY
-from vlunet.data.benchmark_dataset import stable_seed
+
+from helpers import smooth_image, write_image
 
 
 def _benchmark(**opt):

@@ -1,11 +1,17 @@
 """Synthetic degradations: each changes the image in the expected direction, deterministically."""
 import numpy as np
 import pytest
-from helpers import smooth_image
 
 import vlunet  # noqa: F401
-from vlunet.data.synthetic_degradations import (DEGRADATIONS, apply_degradations, check_degradation_spec, draw,
-                                                degradation_parameters)
+from vlunet.data.synthetic_degradations import (
+    DEGRADATIONS,
+    apply_degradations,
+    check_degradation_spec,
+    degradation_parameters,
+    draw,
+)
+
+from helpers import smooth_image
 
 
 def _clean(seed: int = 0, size: int = 96) -> np.ndarray:

@@ -6,11 +6,13 @@ import random
 import numpy as np
 import pytest
 import torch
-from helpers import smooth_image, write_image
 
 import vlunet  # noqa: F401
+
 from basicsr.data import build_dataset
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+from helpers import smooth_image, write_image
 
 SIZE = 40
 

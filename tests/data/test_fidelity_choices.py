@@ -9,12 +9,14 @@ from collections import Counter
 import numpy as np
 import pytest
 import yaml
-from basicsr.data import build_dataset
-from helpers import REPO_ROOT, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from vlunet.data.perceiveir.perceiveir_triplet_dataset import QualityTripletDataset
 from vlunet.options import load_option_file
+
+from basicsr.data import build_dataset
+
+from helpers import REPO_ROOT, smooth_image, write_image
 
 
 def _triplets(root, sizes: dict) -> str:

@@ -5,16 +5,23 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import load_script, smooth_image, write_image
 from torch.utils.data import DataLoader
 
 import vlunet  # noqa: F401
-from basicsr.archs import build_network
+from vlunet.guidance.degradation_classification import (
+    OFFICIAL_SCORER,
+    PromptScorer,
+    read_scorer,
+    scorer_of_checkpoint,
+    scorer_of_loss,
+)
 from vlunet.inference import Restorer
 from vlunet.losses.vlunet.degradation_contrastive_loss import DegradationContrastiveLoss, PromptCrossEntropyLoss
 from vlunet.models.clip_finetune_model import CLIPFinetuneModel
-from vlunet.guidance.degradation_classification import (OFFICIAL_SCORER, PromptScorer, read_scorer,
-                                                      scorer_of_checkpoint, scorer_of_loss)
+
+from basicsr.archs import build_network
+
+from helpers import load_script, smooth_image, write_image
 
 PROMPTS = ['image with noise', 'image with haze', 'image with rain', 'image with blur', 'image with low light']
 TINY_SIZES = {'type': 'VLUNet', 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,

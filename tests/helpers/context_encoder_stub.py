@@ -7,10 +7,11 @@ under this name only (BasicSR's registry refuses a second registration).
 from typing import Tuple
 
 import torch
+from torch import nn
 
 import vlunet  # noqa: F401  (compat fixes before basicsr is imported)
+
 from basicsr.utils.registry import ARCH_REGISTRY
-from torch import nn
 
 
 @ARCH_REGISTRY.register()

@@ -2,10 +2,11 @@
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from helpers import TINY_CLIP_CONFIG, register_clip_config
-from vlunet.ops.weight_layout import store_weights_channels_last
 from vlunet.archs.daclip.daclip_arch import DACLIP
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
+from vlunet.ops.weight_layout import store_weights_channels_last
+
+from helpers import TINY_CLIP_CONFIG, register_clip_config
 
 TINY_VLUNET = dict(de_dim=3, dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1), key_size=8)
 TINY_DACLIP_NAME = 'vlunet-tiny-daclip'

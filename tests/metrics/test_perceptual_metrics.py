@@ -17,14 +17,21 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.models import alexnet
 
 import vlunet  # noqa: F401
+from vlunet.metrics.dataset_level import is_dataset_level
+from vlunet.metrics.fid_metric import (
+    FrechetInceptionDistance,
+    _random_inception_state,
+    calculate_fid,
+    frechet_distance,
+    gaussian_statistics,
+    inception_network,
+)
+from vlunet.metrics.lpips_metric import calculate_lpips
+from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
+
 from basicsr.metrics import calculate_metric
 from basicsr.utils import tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
-from vlunet.metrics.dataset_level import is_dataset_level
-from vlunet.metrics.fid_metric import (FrechetInceptionDistance, _random_inception_state, calculate_fid,
-                                       frechet_distance, gaussian_statistics, inception_network)
-from vlunet.metrics.lpips_metric import calculate_lpips
-from vlunet.metrics.restoration_metric import FLOAT_RGB, UINT8_BGR, metric_input
 
 CPU = torch.device('cpu')
 FID_DIMS = 64  # the first Inception block only: fast, and the same code path as 2048

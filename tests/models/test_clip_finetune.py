@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
-from vlunet.models.clip_finetune_model import CLIPFinetuneModel
 from vlunet.guidance.degradation_classification import OFFICIAL_PROMPTS, check_labels, parse_prompts
+from vlunet.models.clip_finetune_model import CLIPFinetuneModel
+
+from helpers import REPO_ROOT, TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, write_image
 
 TASKS = ('denoise_50', 'dehaze', 'delowlight')
 PROMPTS = ['image with large amount of noise', 'image with haze', 'image with low light']

@@ -16,8 +16,10 @@ import yaml
 from torch import distributed
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
+
 from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
+
 from helpers import REPO_ROOT, TINY_CLIP_CONFIG
 
 NETWORK_KEYS = ('network_g', 'network_clip')

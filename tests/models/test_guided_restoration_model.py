@@ -16,17 +16,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import distributed, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 import vlunet  # noqa: F401
-from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from vlunet.metrics.restoration_metric import calculate_psnr_float_rgb, calculate_ssim_float_rgb
 from vlunet.models.checkpoint_options import OPTIONS_KEY
-from vlunet.utils.results_table import format_markdown
 from vlunet.tiling.tiles import TileOptions, parse_tile_options, restore, tile_starts
+from vlunet.utils.results_table import format_markdown
+
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+
+from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 3, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

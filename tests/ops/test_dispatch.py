@@ -6,7 +6,6 @@ import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 import vlunet.ops
-from helpers.networks import TINY_VLUNET, channels_last_tensor, randomised, relative_error
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.archs.daclip.nafnet_daclip_arch import NAFNetDACLIP
 from vlunet.archs.perceiveir.perceiveir_arch import PerceiveIR
@@ -14,6 +13,8 @@ from vlunet.archs.restormer_arch import Restormer
 from vlunet.archs.restormer_blocks import GatedFeedForward, TransformerBlocks, TransposedSelfAttention
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.ops import attention_backward, bands, dispatch, fast_blocks
+
+from helpers.networks import TINY_VLUNET, channels_last_tensor, randomised, relative_error
 
 TINY_PERCEIVEIR = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1],
                        degradation_dim=16, semantic_pretrained=None, semantic_layers=[1, 2, 3, 4],

@@ -3,12 +3,13 @@ taken only where they apply (CPU, float32 channels-last, no autograd, no autocas
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.irsde import assert_relative_close, release_and_ours, unet_inputs
 
 import vlunet  # noqa: F401
 from vlunet.archs.daclip import irsde_unet_blocks
 from vlunet.ops import fused_convolutions
 from vlunet.ops.fused_convolutions import conv_modulate_silu, fast_cpu_inference, winograd_conv3x3
+
+from helpers.irsde import assert_relative_close, release_and_ours, unet_inputs
 
 
 def _map(channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:

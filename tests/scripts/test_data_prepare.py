@@ -3,10 +3,12 @@ import os.path as osp
 
 import numpy as np
 import pytest
-from helpers import load_script, smooth_image, write_image
 
 import vlunet  # noqa: F401
+
 from basicsr.data import build_dataset
+
+from helpers import load_script, smooth_image, write_image
 
 
 def _pair(root, lq_rel: str, gt_rel: str, seed: int):

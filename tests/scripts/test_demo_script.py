@@ -5,9 +5,10 @@ import os.path as osp
 
 import pytest
 
-from helpers import REPO_ROOT
 from vlunet.options import load_option_file
 from vlunet.utils.cpu_threads import choose_threads, cpu_threads
+
+from helpers import REPO_ROOT
 
 
 @pytest.fixture(scope='module')

@@ -4,6 +4,7 @@ import json
 import os.path as osp
 
 import pytest
+
 from helpers import REPO_ROOT
 
 SCRIPT = osp.join(REPO_ROOT, 'scripts', 'model_stats.py')

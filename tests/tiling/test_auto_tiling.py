@@ -6,15 +6,33 @@ import re
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, load_script, smooth_image, write_image
 
 import vlunet  # noqa: F401
-from basicsr.archs import build_network
 from vlunet.models.guided_restoration_model import VLUNetModel
-from vlunet.tiling.memory_model import (MEMORY_MARGIN, MemoryModel, cached_memory_model, measure_memory_model,
-                                       network_memory_key, parse_memory_size, peak_forward_bytes)
-from vlunet.tiling.tiles import (IMAGE_BYTES_PER_PIXEL, AutoTile, InsufficientMemoryError, TileOptions,
-                                 parse_tile_options, plan_tiles, repeat_per_tile, restore, tile_starts)
+from vlunet.tiling.memory_model import (
+    MEMORY_MARGIN,
+    MemoryModel,
+    cached_memory_model,
+    measure_memory_model,
+    network_memory_key,
+    parse_memory_size,
+    peak_forward_bytes,
+)
+from vlunet.tiling.tiles import (
+    IMAGE_BYTES_PER_PIXEL,
+    AutoTile,
+    InsufficientMemoryError,
+    TileOptions,
+    parse_tile_options,
+    plan_tiles,
+    repeat_per_tile,
+    restore,
+    tile_starts,
+)
+
+from basicsr.archs import build_network
+
+from helpers import REPO_ROOT, load_script, smooth_image, write_image
 
 TINY_SIZES = {'dim': 10, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 1, 1, 1],
               'key_size': 8}

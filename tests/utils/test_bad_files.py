@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import load_script, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
-from basicsr.utils.registry import MODEL_REGISTRY
 from vlunet.utils.safe_load import DamagedFileError, WrongContentsError, WrongKindError, safe_torch_load
+
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from helpers import load_script, run_entry, smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 3, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}
@@ -232,10 +234,10 @@ def test_4_bad_dino_safetensors_are_one_error_naming_the_file(tmp_path):
 
 
 def test_7_odd_but_valid_torch_files_raise_the_documented_errors(tmp_path, tiny_clip_name):
-    from basicsr.utils.registry import ARCH_REGISTRY
-
     from vlunet.losses.perceiveir.perceiveir_quality_loss import read_prompts_file
     from vlunet.metrics.lpips_metric import lpips_network
+
+    from basicsr.utils.registry import ARCH_REGISTRY
     listed, mixed, heads = tmp_path / 'list.pth', tmp_path / 'mixed.pth', tmp_path / 'heads.pth'
     torch.save([torch.zeros(2)], str(listed))
     torch.save({1: torch.zeros(2), 'a': torch.zeros(2)}, str(mixed))

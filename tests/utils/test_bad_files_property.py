@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vlunet  # noqa: F401
-from basicsr.utils.registry import ARCH_REGISTRY
 from vlunet.utils.safe_load import BadFileError, safe_torch_load
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 SETTINGS = settings(derandomize=True, max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -59,17 +60,17 @@ class Loaders(NamedTuple):
 def loaders(tiny_clip_name, tmp_path_factory) -> Loaders:
     """Every kind of file the project reads, each with the network it loads into built once."""
     import timm
+    from torchvision.models import vgg
 
     from vlunet.archs.perceiveir.perceiveir_blocks import _load_semantic_file
-    from vlunet.inference import load_network_weights
-    from vlunet.losses.perceiveir.perceiveir_quality_loss import read_prompts_file
-    from vlunet.metrics.lpips_metric import _load_heads, lpips_network
+    from vlunet.archs.perceiveir.vgg16_features import _load_features
     from vlunet.convert.daclip_checkpoint import convert_daclip_checkpoint
     from vlunet.convert.irsde_checkpoint import convert_irsde_checkpoint
     from vlunet.convert.vlunet_checkpoint import convert_official_checkpoint
-    from vlunet.archs.perceiveir.vgg16_features import _load_features
+    from vlunet.inference import load_network_weights
+    from vlunet.losses.perceiveir.perceiveir_quality_loss import read_prompts_file
+    from vlunet.metrics.lpips_metric import _load_heads, lpips_network
     from vlunet.utils.resume_state import load_resume_state
-    from torchvision.models import vgg
     net = ARCH_REGISTRY.get('VLUNet')(de_dim=3, dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1,
                                       heads=[1, 1, 1, 1], key_size=8)
     clip = ARCH_REGISTRY.get('DegradationCLIP')(backbone=tiny_clip_name)

@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from basicsr.archs import build_network
-from basicsr.models.sr_model import SRModel
-from basicsr.utils.registry import MODEL_REGISTRY
-from helpers import load_script, smooth_image, write_image
-from helpers.networks import register_tiny_daclip, trained_like
 
 import vlunet  # noqa: F401
 from vlunet.archs.daclip.daclip_arch import DACLIP
 from vlunet.inference import Restorer, load_image
 from vlunet.models.checkpoint_options import OPTIONS_KEY
+
+from basicsr.archs import build_network
+from basicsr.models.sr_model import SRModel
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from helpers import load_script, smooth_image, write_image
+from helpers.networks import register_tiny_daclip, trained_like
 
 GUIDED = {'type': 'NAFNetDACLIP', 'width': 8, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1],
           'context_dim': 512}

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from helpers.networks import randomised, relative_error
 from vlunet.archs.restormer_blocks import TransformerBlock
 from vlunet.utils.precision import CompileOptions, compile_network, parse_compile_options
+
+from helpers.networks import randomised, relative_error
 
 
 def test_compile_options_parse_booleans_mappings_and_reject_bad_values():

@@ -16,14 +16,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
-from basicsr.utils import get_root_logger
-from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
-from vlunet.utils.validation_record import ValidationRecord
 from vlunet.utils import console_log
 from vlunet.utils.similarity_heatmap import BAR_WIDTH, CELL, colour_bar, draw_heatmap
+from vlunet.utils.validation_record import ValidationRecord
+
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+
+from helpers import TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 2, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

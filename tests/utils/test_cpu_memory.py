@@ -10,10 +10,10 @@ import sys
 import psutil
 import pytest
 
-from helpers import REPO_ROOT
-
 from vlunet.tiling import memory_model
 from vlunet.utils import cpu_memory
+
+from helpers import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='mallopt is glibc-only')
 

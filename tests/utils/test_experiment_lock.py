@@ -8,10 +8,16 @@ import time
 
 import pytest
 import yaml
-from helpers import run_entry, smooth_image, write_image
 
-from vlunet.utils.experiment_lock import (ExperimentLock, ExperimentLockedError, acquire_training_lock,
-                                          experiment_name, lock_file_path)
+from vlunet.utils.experiment_lock import (
+    ExperimentLock,
+    ExperimentLockedError,
+    acquire_training_lock,
+    experiment_name,
+    lock_file_path,
+)
+
+from helpers import run_entry, smooth_image, write_image
 
 
 def _fork_holder(lock_file: str) -> int:

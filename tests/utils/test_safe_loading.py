@@ -17,14 +17,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, load_script, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
-from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
-from vlunet.inference import Restorer
-from vlunet.guidance.degradation_encoder import build_degradation_encoder
 from vlunet.convert.vlunet_checkpoint import load_official_file
+from vlunet.guidance.degradation_encoder import build_degradation_encoder
+from vlunet.inference import Restorer
 from vlunet.utils.safe_load import UnsafeCheckpointError, safe_torch_load
+
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+
+from helpers import REPO_ROOT, load_script, run_entry, smooth_image, write_image
 
 CONVERTER = osp.join(REPO_ROOT, 'scripts', 'convert_official_checkpoint.py')
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 3, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,

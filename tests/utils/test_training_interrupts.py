@@ -9,10 +9,11 @@ import sys
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from vlunet import entry
+
+from helpers import REPO_ROOT, smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 2, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}

@@ -26,15 +26,22 @@ import os.path as osp
 from typing import Dict, List, Optional
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from vlunet.utils.console_log import without_random_init_warning
 from vlunet.convert.vlunet_checkpoint import load_official_file, official_clip_state_dict
-from vlunet.utils.safe_load import (WrongContentsError, check_file, load_checked_state_dict, one_line,
-                                    require_state_dict, safe_torch_load)
+from vlunet.utils.console_log import without_random_init_warning
+from vlunet.utils.safe_load import (
+    WrongContentsError,
+    check_file,
+    load_checked_state_dict,
+    one_line,
+    require_state_dict,
+    safe_torch_load,
+)
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 __all__ = ['DegradationCLIP', 'clip_preprocess', 'official_clip_state_dict']
 

@@ -21,13 +21,14 @@ import re
 from typing import Dict, Sequence
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlunet.archs.padding import crop_to, pad_to_multiple
 from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample
 from vlunet.ops.channels_last import pointwise
 from vlunet.ops.weight_layout import store_weights_channels_last
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
 OFFICIAL_RENAMES = ((re.compile(r'^patch_embed\.proj\.'), 'patch_embed.'), (re.compile(r'\.(norm[12])\.body\.'), r'.\1.'))

@@ -24,11 +24,19 @@ from typing import List, Optional, Tuple
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the networks)
+from vlunet.export import (
+    MIN_EXPORT_SIZE,
+    ExportCheck,
+    check_exportable,
+    check_onnx,
+    check_program,
+    export_onnx,
+    export_program,
+    fixed_degradation_or_none,
+)
 from vlunet.inference import Restorer, build_restoration_network, load_image
 from vlunet.options import OptionError, load_option_file
 from vlunet.utils.atomic_write import atomic_output
-from vlunet.export import (MIN_EXPORT_SIZE, ExportCheck, check_exportable, check_onnx, check_program,
-                                 export_onnx, export_program, fixed_degradation_or_none)
 
 DEFAULT_CHECK_SIZES = ('1x37x53', '2x64x64', '1x120x97', '1x9x200')
 

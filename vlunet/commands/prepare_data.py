@@ -27,15 +27,16 @@ import os.path as osp
 import sys
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-import vlunet  # noqa: F401  (BasicSR compatibility fixes first)
 import cv2
 import numpy as np
-from basicsr.utils import scandir
-from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from tqdm import tqdm
 
+import vlunet  # noqa: F401  (BasicSR compatibility fixes first)
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS, match_by_stem
 from vlunet.utils.atomic_write import atomic_write_text
+
+from basicsr.utils import scandir
+from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
 Pair = Tuple[Optional[str], str]  # (lq path or None for clean-only sets, gt path), absolute
 

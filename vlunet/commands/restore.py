@@ -40,19 +40,18 @@ import os.path as osp
 import sys
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
-import vlunet  # noqa: F401  (BasicSR compatibility fixes first)
 from tqdm import tqdm
 
+import vlunet  # noqa: F401  (BasicSR compatibility fixes first)
 from vlunet.data.image_io import exif_orientation, image_header_size
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS
-from vlunet.inference import DEFAULT_ENCODER, Restorer, load_image, save_image
 from vlunet.guidance.degradation_classification import PromptScorer
+from vlunet.inference import DEFAULT_ENCODER, Restorer, load_image, save_image
 from vlunet.options import OptionError
-from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
-from vlunet.utils.cpu_threads import use_cpu_threads
 from vlunet.tiling.memory_model import parse_memory_size
 from vlunet.tiling.tiles import AUTO
-
+from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
+from vlunet.utils.cpu_threads import use_cpu_threads
 
 SUPPORTED = ' '.join(extension for extension in IMAGE_EXTENSIONS if extension.islower())
 WHOLE = 'whole'

@@ -64,8 +64,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def _inputs(args: argparse.Namespace, methods):
     """(test sets, metrics) of the arguments (``--lpips`` / ``--fid`` added, checked before any work)."""
-    from vlunet.compare.inputs import (FID_METRIC, LPIPS_METRIC, folder_metrics, metric_problem, option_file_sets,
-                                       paired_folder_set, photo_folder_set)
+    from vlunet.compare.inputs import (
+        FID_METRIC,
+        LPIPS_METRIC,
+        folder_metrics,
+        metric_problem,
+        option_file_sets,
+        paired_folder_set,
+        photo_folder_set,
+    )
     if args.photos:
         return [photo_folder_set(args.photos)], {}
     if args.lq:

@@ -14,14 +14,15 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
-from basicsr.metrics import calculate_metric
-from basicsr.utils.registry import METRIC_REGISTRY
 from PIL import Image, ImageDraw, ImageFont
 
 from vlunet.compare.methods import slug
 from vlunet.compare.runner import OK, Comparison, gt_path, input_path
 from vlunet.metrics.restoration_metric import metric_arrays, metric_input
 from vlunet.utils.atomic_write import atomic_imwrite
+
+from basicsr.metrics import calculate_metric
+from basicsr.utils.registry import METRIC_REGISTRY
 
 Box = Tuple[int, int, int, int]  # x, y, width, height in image pixels
 GAP = 8

@@ -9,14 +9,15 @@ import os.path as osp
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
-from basicsr.data import build_dataset
-from basicsr.utils import img2tensor, scandir
 
 from vlunet.data.benchmark_dataset import BenchmarkPairedDataset
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS
 from vlunet.inference import load_image
 from vlunet.options import OptionError, load_option_file
 from vlunet.utils.weight_files import resolve_weights_file
+
+from basicsr.data import build_dataset
+from basicsr.utils import img2tensor, scandir
 
 # The metrics of folder inputs: BasicSR's uint8-RGB PSNR / SSIM and the papers' float-RGB ones (+ LPIPS when available).
 DEFAULT_METRICS = {

@@ -15,12 +15,13 @@ import re
 from typing import NamedTuple, Optional
 
 import torch
-from basicsr.utils import set_random_seed
 
-from vlunet.inference import Restorer
-from vlunet.options import load_option_file
-from vlunet.network_stats import count_macs
 from vlunet.convert.vlunet_checkpoint import detect_de_dim
+from vlunet.inference import Restorer
+from vlunet.network_stats import count_macs
+from vlunet.options import load_option_file
+
+from basicsr.utils import set_random_seed
 
 WEIGHT_EXTENSIONS = ('.pth', '.pt', '.safetensors', '.bin')
 OPTION_EXTENSIONS = ('.yml', '.yaml')

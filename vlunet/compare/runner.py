@@ -22,8 +22,6 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
-from basicsr.metrics import calculate_metric
-from basicsr.utils.registry import METRIC_REGISTRY
 from tqdm import tqdm
 
 from vlunet.compare.inputs import Sample, TestSet
@@ -33,6 +31,9 @@ from vlunet.metrics.dataset_level import is_dataset_level
 from vlunet.metrics.restoration_metric import metric_arrays, metric_input
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.peak_memory import measure
+
+from basicsr.metrics import calculate_metric
+from basicsr.utils.registry import METRIC_REGISTRY
 
 OK, FAILED = 'ok', 'failed'
 

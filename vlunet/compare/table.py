@@ -20,13 +20,14 @@ from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
-from basicsr.utils.registry import METRIC_REGISTRY
 
 from vlunet.compare.runner import OK, Comparison, gt_path
 from vlunet.metrics.dataset_level import build_dataset_metrics
 from vlunet.metrics.restoration_metric import FLOAT_RGB, metric_input
 from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.results_table import AVERAGE_ROW, format_markdown, write_results_table
+
+from basicsr.utils.registry import METRIC_REGISTRY
 
 LOWER_IS_BETTER = ('calculate_lpips', 'calculate_fid', 'calculate_niqe')
 MARKDOWN_NAME, CSV_NAME, JSON_NAME = 'comparison.md', 'comparison.csv', 'comparison.json'

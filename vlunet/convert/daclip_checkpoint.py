@@ -29,8 +29,15 @@ from typing import Dict, List
 import torch
 
 from vlunet.utils.atomic_write import atomic_torch_save
-from vlunet.utils.safe_load import (WrongContentsError, listed_mismatches, one_line, require_state_dict,
-                                    safe_torch_load, state_dict_mismatches, torch_pickle_record)
+from vlunet.utils.safe_load import (
+    WrongContentsError,
+    listed_mismatches,
+    one_line,
+    require_state_dict,
+    safe_torch_load,
+    state_dict_mismatches,
+    torch_pickle_record,
+)
 
 DACLIP_FIX = 'give the official daclip_*.pt, or a file converted from it by scripts/convert_official_checkpoint.py'
 ZERO_MODULE_MARKER = 'visual_control.transformer.zero_modules.'

@@ -16,8 +16,14 @@ import torch
 
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.utils.atomic_write import atomic_torch_save
-from vlunet.utils.safe_load import (WrongContentsError, listed_mismatches, one_line, safe_torch_load,
-                                    state_dict_mismatches, torch_pickle_record)
+from vlunet.utils.safe_load import (
+    WrongContentsError,
+    listed_mismatches,
+    one_line,
+    safe_torch_load,
+    state_dict_mismatches,
+    torch_pickle_record,
+)
 
 WRAPPER_PREFIXES = ('module.', 'ema_model.')
 EMA_COUNTERS = ('initted', 'step')

@@ -38,8 +38,6 @@ import os.path as osp
 from typing import Optional
 
 import numpy as np
-from basicsr.utils import FileClient, img2tensor
-from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from vlunet.data.image_io import check_same_size, optional_crop_to_multiple, read_image
@@ -47,6 +45,8 @@ from vlunet.data.pair_sources import SOURCE_KEYS, resolve_source
 from vlunet.data.synthetic_degradations import apply_degradations
 from vlunet.data.task_catalog import KNOWN_TASKS, unknown_task_message
 
+from basicsr.utils import FileClient, img2tensor
+from basicsr.utils.registry import DATASET_REGISTRY
 
 NOISE_QUANTIZATION = ('uint8_truncate', 'uint8_round', 'none')
 

@@ -24,8 +24,9 @@ from typing import Optional, Tuple
 
 import cv2
 import numpy as np
-from basicsr.utils import FileClient, get_root_logger, imfrombytes
 from PIL import Image
+
+from basicsr.utils import FileClient, get_root_logger, imfrombytes
 
 EXIF_ORIENTATION_TAG = 0x0112
 FLOAT_RANGE_WARNING = 1.5  # float pixels above this are no [0, 1] image (e.g. stored in 0..255)

@@ -49,18 +49,25 @@ import random
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from basicsr.data.transforms import augment, paired_random_crop
-from basicsr.utils import FileClient, get_root_logger, img2tensor
-from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from vlunet.data.benchmark_dataset import NOISE_QUANTIZATION, quantize_to_uint8_levels
 from vlunet.data.daclip.daclip_captions import read_captions
-from vlunet.data.image_io import (SMALL_IMAGE_MODES, centre_crop, check_same_size, fit_to_crop,
-                                  optional_crop_to_multiple, read_image)
+from vlunet.data.image_io import (
+    SMALL_IMAGE_MODES,
+    centre_crop,
+    check_same_size,
+    fit_to_crop,
+    optional_crop_to_multiple,
+    read_image,
+)
 from vlunet.data.pair_sources import PairSource, resolve_source, source_problems
 from vlunet.data.synthetic_degradations import apply_degradations
 from vlunet.data.task_catalog import KNOWN_TASKS, unknown_task_message
+
+from basicsr.data.transforms import augment, paired_random_crop
+from basicsr.utils import FileClient, get_root_logger, img2tensor
+from basicsr.utils.registry import DATASET_REGISTRY
 
 TASK_KEYS = ('name', 'text', 'source', 'repeat', 'weight', 'captions')
 

@@ -24,12 +24,16 @@ import os.path as osp
 import re
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from basicsr.data.data_util import (paired_paths_from_folder, paired_paths_from_lmdb,
-                                    paired_paths_from_meta_info_file, paths_from_lmdb)
-from basicsr.utils import scandir
-
 from vlunet.data.synthetic_degradations import check_degradation_spec
 from vlunet.data.task_catalog import KNOWN_TASKS, unknown_task_message
+
+from basicsr.data.data_util import (
+    paired_paths_from_folder,
+    paired_paths_from_lmdb,
+    paired_paths_from_meta_info_file,
+    paths_from_lmdb,
+)
+from basicsr.utils import scandir
 
 SOURCE_KEYS = ('dataroot_gt', 'dataroot_lq', 'io_backend', 'meta_info_file', 'filename_tmpl', 'gt_name_from_lq',
                'degradations', 'pair_by')

@@ -30,9 +30,14 @@ from torch import nn
 from tqdm import tqdm
 
 from vlunet.losses.daclip.daclip_loss import DACLIPLoss
-from vlunet.losses.vlunet.degradation_contrastive_loss import (CLIP_INITIAL_TEMPERATURE, CLIP_MAX_TEMPERATURE,
-                                                        DegradationContrastiveLoss, MultiPositiveContrastiveLoss,
-                                                        PromptCrossEntropyLoss, cosine_logits)
+from vlunet.losses.vlunet.degradation_contrastive_loss import (
+    CLIP_INITIAL_TEMPERATURE,
+    CLIP_MAX_TEMPERATURE,
+    DegradationContrastiveLoss,
+    MultiPositiveContrastiveLoss,
+    PromptCrossEntropyLoss,
+    cosine_logits,
+)
 from vlunet.metrics.degradation_accuracy_metric import calculate_degradation_accuracy, similarity_matrix
 from vlunet.utils.safe_load import safe_torch_load
 from vlunet.utils.similarity_heatmap import write_similarity_heatmap

@@ -30,12 +30,13 @@ import os.path as osp
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-from basicsr.archs import build_network
-from basicsr.utils import get_root_logger
 from torch import nn
 
 from vlunet.tiling.tiles import repeat_per_tile
 from vlunet.utils.weight_files import seeded_random_weights
+
+from basicsr.archs import build_network
+from basicsr.utils import get_root_logger
 
 WEIGHTS_KEY = 'pretrain_network_degradation_encoder'
 GUIDANCE_INPUTS = ('degradation', 'content')  # keywords a network can declare in its guidance_inputs

@@ -22,9 +22,10 @@ from typing import Callable, Dict, Mapping
 
 import numpy as np
 import torch
+from torch import distributed
+
 from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import METRIC_REGISTRY
-from torch import distributed
 
 
 class DatasetMetric(ABC):

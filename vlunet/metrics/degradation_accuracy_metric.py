@@ -16,6 +16,7 @@ as a heat-map (the paper's Fig. 5).
 from typing import Optional
 
 import numpy as np
+
 from basicsr.utils.registry import METRIC_REGISTRY
 
 

@@ -30,13 +30,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
-from basicsr.utils.registry import METRIC_REGISTRY
 from torch import nn
 from torchvision.models import inception_v3
 
 from vlunet.metrics.dataset_level import DatasetMetric, dataset_level_metric
-from vlunet.utils.weight_files import metric_device, resolve_weights_file, seeded_random_weights
 from vlunet.utils.safe_load import WrongContentsError, one_line, require_state_dict, safe_torch_load
+from vlunet.utils.weight_files import metric_device, resolve_weights_file, seeded_random_weights
+
+from basicsr.utils.registry import METRIC_REGISTRY
 
 FEATURE_DIMS = (64, 192, 768, 2048)
 INCEPTION_CLASSES = 1008  # the TensorFlow graph's classifier

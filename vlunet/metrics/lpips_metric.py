@@ -31,14 +31,14 @@ from typing import Optional
 
 import numpy as np
 import torch
-from basicsr.utils.registry import METRIC_REGISTRY
 from torch import nn
 from torchvision.models import AlexNet_Weights, VGG16_Weights
 
-from vlunet.utils.weight_files import metric_device, resolve_weights_file, seeded_random_weights
 from vlunet.metrics.restoration_metric import clipped_float_rgb_pair, float_rgb_metric
-from vlunet.utils.safe_load import (WrongContentsError, load_checked_state_dict, require_state_dict,
-                                    safe_torch_load)
+from vlunet.utils.safe_load import WrongContentsError, load_checked_state_dict, require_state_dict, safe_torch_load
+from vlunet.utils.weight_files import metric_device, resolve_weights_file, seeded_random_weights
+
+from basicsr.utils.registry import METRIC_REGISTRY
 
 BACKBONE_WEIGHTS = {'alex': AlexNet_Weights.IMAGENET1K_V1, 'vgg': VGG16_Weights.IMAGENET1K_V1}
 BACKBONE_NAMES = {'alex': 'AlexNet', 'vgg': 'VGG-16'}

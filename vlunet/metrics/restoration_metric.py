@@ -22,6 +22,7 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 import torch
+
 from basicsr.utils import tensor2img
 from basicsr.utils.registry import METRIC_REGISTRY
 

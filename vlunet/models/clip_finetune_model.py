@@ -35,6 +35,25 @@ from collections import OrderedDict
 from typing import Dict, List
 
 import torch
+from torch import distributed, nn
+
+from vlunet.convert.vlunet_checkpoint import load_official_file
+from vlunet.guidance.degradation_classification import (
+    SCORER_KEY,
+    Classification,
+    check_labels,
+    classify,
+    format_accuracy_table,
+    parse_prompts,
+    scorer_of_loss,
+    write_heatmap,
+)
+from vlunet.losses.vlunet.degradation_contrastive_loss import DegradationContrastiveLoss
+from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
+from vlunet.utils.atomic_write import atomic_torch_save
+from vlunet.utils.console_log import drop_messages
+from vlunet.utils.validation_record import ValidationRecord
+
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
@@ -42,17 +61,6 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import MODEL_REGISTRY
-from torch import distributed, nn
-
-from vlunet.losses.vlunet.degradation_contrastive_loss import DegradationContrastiveLoss
-from vlunet.guidance.degradation_classification import (SCORER_KEY, Classification, check_labels, classify,
-                                                      format_accuracy_table, parse_prompts, scorer_of_loss,
-                                                      write_heatmap)
-from vlunet.utils.validation_record import ValidationRecord
-from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
-from vlunet.utils.atomic_write import atomic_torch_save
-from vlunet.utils.console_log import drop_messages
-from vlunet.convert.vlunet_checkpoint import load_official_file
 
 NETWORK_KEY = 'network_clip'
 WEIGHTS_KEY = 'pretrain_network_clip'

@@ -42,27 +42,33 @@ from os import path as osp
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from torch import distributed, nn
+from tqdm import tqdm
+
+from vlunet.guidance.degradation_encoder import (
+    WEIGHTS_KEY,
+    build_degradation_encoder,
+    guidance_inputs,
+    guidance_keywords,
+)
+from vlunet.metrics.dataset_level import DatasetMetric, build_dataset_metrics, dataset_metric_values
+from vlunet.metrics.restoration_metric import metric_arrays, metric_input
+from vlunet.models.checkpoint_options import OPTIONS_KEY, carried_options
+from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
+from vlunet.tiling.memory_model import network_memory_key
+from vlunet.tiling.tiles import TilePlan, parse_tile_options, restore, tile_problems
+from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
+from vlunet.utils.console_log import drop_messages
+from vlunet.utils.precision import autocast, compile_network, make_grad_scaler, parse_amp_options, parse_compile_options
+from vlunet.utils.results_table import format_markdown, write_results_table
+from vlunet.utils.validation_record import ValidationRecord
+
 from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
-from torch import distributed, nn
-from tqdm import tqdm
 
-from vlunet.metrics.dataset_level import DatasetMetric, build_dataset_metrics, dataset_metric_values
-from vlunet.metrics.restoration_metric import metric_arrays, metric_input
-from vlunet.guidance.degradation_encoder import WEIGHTS_KEY, build_degradation_encoder, guidance_inputs, guidance_keywords
-from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
-from vlunet.utils.validation_record import ValidationRecord
-from vlunet.utils.atomic_write import atomic_imwrite, atomic_torch_save
-from vlunet.models.checkpoint_options import OPTIONS_KEY, carried_options
-from vlunet.utils.console_log import drop_messages
-from vlunet.utils.precision import (autocast, compile_network, make_grad_scaler, parse_amp_options,
-                                    parse_compile_options)
-from vlunet.utils.results_table import format_markdown, write_results_table
-from vlunet.tiling.memory_model import network_memory_key
-from vlunet.tiling.tiles import TilePlan, parse_tile_options, restore, tile_problems
 
 @MODEL_REGISTRY.register()
 class GuidedRestorationModel(TrainingStateMixin, SRModel):

@@ -23,8 +23,15 @@ from torch import nn
 
 from vlunet.ops import attention_backward, bands, dispatch
 from vlunet.ops.attention import project_values, projected_attention
-from vlunet.ops.channels_last import (accumulate_in_place, depthwise_expanded, empty_map, matrix, pixel_product,
-                                      pointwise, pointwise_weight)
+from vlunet.ops.channels_last import (
+    accumulate_in_place,
+    depthwise_expanded,
+    empty_map,
+    matrix,
+    pixel_product,
+    pointwise,
+    pointwise_weight,
+)
 from vlunet.ops.weight_layout import weight_halves
 
 VECTOR_LANES = 16  # float32 values in a 64-byte (AVX-512) vector: the GDFN pads its hidden width to it

@@ -47,8 +47,13 @@ import torch
 from tqdm import tqdm
 
 from vlunet.archs.padding import pad_to_multiple
-from vlunet.tiling.memory_model import (MemoryModel, available_memory, cached_memory_model, format_bytes,
-                                       parse_memory_size)
+from vlunet.tiling.memory_model import (
+    MemoryModel,
+    available_memory,
+    cached_memory_model,
+    format_bytes,
+    parse_memory_size,
+)
 
 ImageFunction = Callable[[torch.Tensor], torch.Tensor]
 # 'linear': weights ramp linearly across each overlap; 'crop': each pixel comes from its nearest tile only.

@@ -13,9 +13,10 @@ import logging
 import time
 from typing import Callable, Iterator
 
+from torch import nn
+
 from basicsr.utils import MessageLogger, get_root_logger
 from basicsr.utils.dist_util import master_only
-from torch import nn
 
 FILE_ONLY = {'file_only': True}
 OPEN_CLIP_RANDOM_INIT = 'No pretrained weights loaded for model'

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 import vlunet  # noqa: F401
+from vlunet.archs.daclip.daclip_arch import DACLIP, daclip_preprocess
+from vlunet.convert.daclip_checkpoint import convert_daclip_checkpoint, is_daclip_file, official_to_plugin_state_dict
+from vlunet.losses.daclip.daclip_loss import DACLIPLoss
+from vlunet.utils.safe_load import UnsafeCheckpointError
+
 from helpers import FIXTURES, REPO_ROOT
 from helpers.networks import TINY_DACLIP_CONFIG, register_tiny_daclip, trained_like
-from vlunet.archs.daclip.daclip_arch import DACLIP, daclip_preprocess
-from vlunet.losses.daclip.daclip_loss import DACLIPLoss
-from vlunet.convert.daclip_checkpoint import convert_daclip_checkpoint, is_daclip_file, official_to_plugin_state_dict
-from vlunet.utils.safe_load import UnsafeCheckpointError
 
 MANIFEST = osp.join(FIXTURES, 'daclip_state_dict.tsv')  # shared/reference copy
 

@@ -11,16 +11,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import load_script
-from benchmarks.reimplementations.daclip_release import OfficialConditionalUNet
-from helpers.irsde import TINY_UNET, assert_relative_close, randomised_unet, release_and_ours, unet_inputs
 
 import vlunet  # noqa: F401
-from basicsr.utils.registry import ARCH_REGISTRY
-from vlunet.ops import bands
+from benchmarks.reimplementations.daclip_release import OfficialConditionalUNet
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.archs.daclip.irsde_unet_blocks import SinusoidalTimeEmbedding, SpatialTransformer
 from vlunet.convert.irsde_checkpoint import is_irsde_unet_file, network_config
+from vlunet.ops import bands
+
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from helpers import load_script
+from helpers.irsde import TINY_UNET, assert_relative_close, randomised_unet, release_and_ours, unet_inputs
 
 # 8 base channels: widths 8, 8, 16, 32, 64 (transformers at 32 and 64 channels), 16-d contexts.
 TINY = TINY_UNET

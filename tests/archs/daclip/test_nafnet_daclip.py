@@ -9,16 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import REPO_ROOT, run_entry, smooth_image, write_image
-from helpers.networks import TINY_DACLIP_CONFIG, TINY_DACLIP_NAME, register_tiny_daclip
 
 import vlunet  # noqa: F401
-from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.archs.daclip.irsde_unet_blocks import DegradationPrompt, SpatialTransformer
 from vlunet.archs.daclip.nafnet_daclip_arch import ContentCrossAttention, NAFNet, NAFNetDACLIP
 from vlunet.archs.nafnet_blocks import NAFBlock
 from vlunet.archs.padding import pad_to_multiple
+
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+
+from helpers import REPO_ROOT, run_entry, smooth_image, write_image
+from helpers.networks import TINY_DACLIP_CONFIG, TINY_DACLIP_NAME, register_tiny_daclip
 
 TINY = {'width': 8, 'enc_blk_nums': [1, 2], 'middle_blk_num': 2, 'dec_blk_nums': [2, 1]}  # middle: 32 channels
 CONTEXT_DIM = 16

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 import vlunet  # noqa: F401
-from basicsr.archs import build_network
 from vlunet.archs.nafnet_blocks import NAFBlock
+
+from basicsr.archs import build_network
 
 TINY = {'width': 8, 'enc_blk_nums': [1, 2], 'middle_blk_num': 2, 'dec_blk_nums': [2, 1]}
 NETWORKS = {

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401
-from basicsr.archs import build_network
 from vlunet.archs.perceiveir.perceiveir_arch import PerceiveIR
 from vlunet.archs.perceiveir.perceiveir_blocks import FrozenDINOFeatures, build_semantic_vit
+
+from basicsr.archs import build_network
 
 # init_values 1: full-strength layer scale, so random blocks change the tokens (DINO-v2's 1e-5 nearly hides them)
 TINY_VIT = {'embed_dim': 32, 'depth': 4, 'num_heads': 2, 'patch_size': 8, 'init_values': 1.0}

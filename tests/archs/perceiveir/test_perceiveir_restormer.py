@@ -3,8 +3,9 @@ import pytest
 import torch
 
 import vlunet  # noqa: F401
-from basicsr.archs import build_network
 from vlunet.archs.restormer_arch import Restormer, official_restormer_state_dict
+
+from basicsr.archs import build_network
 
 TINY = {'dim': 8, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1, 'heads': [1, 2, 1, 2]}
 OFFICIAL_PARAMETERS = 26_126_644  # official Restormer (dual_pixel_task off), the papers' 26.13 M

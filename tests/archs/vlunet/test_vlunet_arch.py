@@ -9,17 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import FIXTURES
-
 import vlunet  # noqa: F401  (compat shim before basicsr)
-from basicsr.models.base_model import BaseModel
-from basicsr.utils.registry import ARCH_REGISTRY
-from helpers.networks import TINY_VLUNET, relative_error, tiny_net
 from benchmarks.reimplementations.vlunet_release import official_forward
 from vlunet.archs.padding import pad_to_multiple
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.convert.vlunet_checkpoint import official_to_plugin_key, plugin_to_official_state_dict
 from vlunet.utils.safe_load import safe_torch_load
+
+from basicsr.models.base_model import BaseModel
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from helpers import FIXTURES
+from helpers.networks import TINY_VLUNET, relative_error, tiny_net
 
 MANIFEST = osp.join(FIXTURES, 'vlunet_official_state_dict.tsv')
 TINY = TINY_VLUNET

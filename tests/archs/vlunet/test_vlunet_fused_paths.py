@@ -6,12 +6,13 @@ import torch.nn.functional as F
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from benchmarks.reimplementations.vlunet_release import OfficialVLUNet
-from helpers.networks import relative_error
-from helpers.networks import tiny_net as arch_tiny_net
 from vlunet.archs.restormer_blocks import TransformerBlock
+from vlunet.convert.vlunet_checkpoint import official_to_plugin_key, plugin_to_official_state_dict
 from vlunet.ops.attention import channel_attention, projected_attention
 from vlunet.ops.channels_last import pointwise
-from vlunet.convert.vlunet_checkpoint import official_to_plugin_key, plugin_to_official_state_dict
+
+from helpers.networks import relative_error
+from helpers.networks import tiny_net as arch_tiny_net
 
 
 def tiny_net(seed: int):

@@ -11,17 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import REPO_ROOT
-
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from benchmarks.reimplementations.vlunet_release import OfficialVLUNet, official_forward
-from helpers.networks import relative_error
-from helpers.networks import tiny_net as arch_tiny_net
 from vlunet.archs.padding import pad_to_multiple
-from vlunet.ops.attention import channel_attention
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
+from vlunet.ops.attention import channel_attention
 from vlunet.utils.precision import AmpOptions, autocast, make_grad_scaler, parse_amp_options
+
+from helpers import REPO_ROOT
+from helpers.networks import relative_error
+from helpers.networks import tiny_net as arch_tiny_net
 
 ROOT = REPO_ROOT
 BENCHMARK = osp.join(ROOT, 'benchmarks', 'benchmark.py')

@@ -3,13 +3,14 @@ and DA-CLIP's folder layout paired by sorted order."""
 import os.path as osp
 
 import pytest
-from helpers import smooth_image, write_image
 from torch.utils.data import DataLoader
 
 import vlunet  # noqa: F401
 from vlunet.data.daclip.daclip_captions import read_captions
 from vlunet.data.mixed_degradation_dataset import MixedDegradationDataset
 from vlunet.data.pair_sources import resolve_source
+
+from helpers import smooth_image, write_image
 
 
 def test_daclip_csv_captions_split_at_the_last_separator_and_match_by_path_tail(tmp_path):

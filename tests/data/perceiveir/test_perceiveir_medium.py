@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from vlunet.archs.restormer_arch import Restormer
 from vlunet.data.perceiveir.perceiveir_folds import fold_of_keys, line_key, other_fold_file, split_meta_info_file
 from vlunet.data.perceiveir.perceiveir_triplet_dataset import QualityTripletDataset
+
+from helpers import REPO_ROOT, smooth_image, write_image
 
 SCRIPT = osp.join(REPO_ROOT, 'scripts', 'perceiveir_make_medium.py')
 RESTORE = ['restore', '--opt', 'fold0.yml', '--weights', 'fold0.pth', '--out', 'medium', '--device', 'cpu']

@@ -5,18 +5,23 @@ import os
 
 import pytest
 import torch
-from helpers import TINY_CLIP_CONFIG, register_clip_config
 from torch import distributed
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
+from vlunet.archs.perceiveir.perceiveir_prompts_arch import QualityPrompts
+from vlunet.archs.perceiveir.vgg16_features import VGG16_WEIGHTS_FILE, VGG16_WEIGHTS_URL, VGG16Features
+from vlunet.losses.perceiveir.perceiveir_contrastive_loss import DegradationPatchContrastiveLoss
+from vlunet.losses.perceiveir.perceiveir_perceptual_loss import (
+    PAPER_LAYER_WEIGHTS,
+    DifficultyAdaptivePerceptualLoss,
+    difficulty_weights,
+)
+from vlunet.losses.perceiveir.perceiveir_quality_loss import QualityPromptLoss
+
 from basicsr.losses import build_loss
 from basicsr.utils.registry import MODEL_REGISTRY
-from vlunet.archs.perceiveir.perceiveir_prompts_arch import QualityPrompts
-from vlunet.losses.perceiveir.perceiveir_contrastive_loss import DegradationPatchContrastiveLoss
-from vlunet.losses.perceiveir.perceiveir_perceptual_loss import (PAPER_LAYER_WEIGHTS, DifficultyAdaptivePerceptualLoss,
-                                                       difficulty_weights)
-from vlunet.losses.perceiveir.perceiveir_quality_loss import QualityPromptLoss
-from vlunet.archs.perceiveir.vgg16_features import VGG16_WEIGHTS_FILE, VGG16_WEIGHTS_URL, VGG16Features
+
+from helpers import TINY_CLIP_CONFIG, register_clip_config
 
 # ------------------------------------------------------------------ L_cl (Eq. 12)
 

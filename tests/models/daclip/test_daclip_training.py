@@ -12,13 +12,15 @@ import cv2
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, run_entry, smooth_image, write_image
-from helpers.networks import TINY_DACLIP_CONFIG, TINY_DACLIP_NAME
 
 import vlunet  # noqa: F401
-from basicsr.utils.registry import MODEL_REGISTRY
 from vlunet.losses.daclip.daclip_loss import DACLIPLoss
 from vlunet.models.daclip.daclip_model import WarmupCosineSchedule
+
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from helpers import REPO_ROOT, run_entry, smooth_image, write_image
+from helpers.networks import TINY_DACLIP_CONFIG, TINY_DACLIP_NAME
 
 NAMES = ['noisy', 'hazy', 'low-light']
 DEGRADATIONS = [{'type': 'gaussian_noise', 'sigma': 50}, {'type': 'haze'}, {'type': 'low_light'}]

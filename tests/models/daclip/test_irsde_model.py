@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, run_entry, smooth_image, write_image
-from helpers.context_encoder_stub import StubDAClipEncoder
 
 import vlunet  # noqa: F401
-from basicsr.utils.registry import MODEL_REGISTRY
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.models.checkpoint_options import OPTIONS_KEY
+
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from helpers import REPO_ROOT, run_entry, smooth_image, write_image
+from helpers.context_encoder_stub import StubDAClipEncoder
 
 TINY_UNET = {'type': 'ConditionalUNet', 'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 16}
 ENCODER = {'type': 'StubDAClipEncoder', 'dim': 16}

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import REPO_ROOT, load_script, smooth_image, write_image
 
 import vlunet  # noqa: F401
-from basicsr.archs import build_network
-from basicsr.utils.registry import MODEL_REGISTRY
 from vlunet.data.daclip.daclip_universal_dataset import DACLIP_DEGRADATIONS, PAPER_NAMES, DAClipUniversalDataset
 from vlunet.inference import Restorer
-from vlunet.options import load_option_file
 from vlunet.models.daclip.irsde_sampler import encode_contexts
+from vlunet.options import load_option_file
+
+from basicsr.archs import build_network
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from helpers import REPO_ROOT, load_script, smooth_image, write_image
 
 TINY_UNET = {'type': 'ConditionalUNet', 'nf': 8, 'ch_mult': [1, 2, 4, 8], 'context_dim': 512}
 SIZES = {name: 1 + k % 3 for k, name in enumerate(DACLIP_DEGRADATIONS)}  # pairs per degradation: 1, 2 or 3

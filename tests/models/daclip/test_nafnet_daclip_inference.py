@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import load_script, smooth_image, write_image
-from helpers.networks import register_tiny_daclip, trained_like
+from torch import nn
 
 import vlunet  # noqa: F401
-from basicsr.archs import build_network
-from torch import nn
 from vlunet.archs.daclip.daclip_arch import DACLIP
 from vlunet.data.daclip.daclip_universal_dataset import DACLIP_DEGRADATIONS
 from vlunet.inference import Restorer, load_image
+
+from basicsr.archs import build_network
+
+from helpers import load_script, smooth_image, write_image
+from helpers.networks import register_tiny_daclip, trained_like
 
 SIZES = {'width': 8, 'enc_blk_nums': [1, 1], 'middle_blk_num': 1, 'dec_blk_nums': [1, 1]}  # middle: 32 channels
 GUIDED = {'type': 'NAFNetDACLIP', **SIZES, 'context_dim': 512}  # the tiny DA-CLIP's embedding size

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from vlunet.data.perceiveir.perceiveir_restoration_dataset import PerceiveIRRestorationDataset
 from vlunet.losses.perceiveir.perceiveir_perceptual_loss import difficulty_weights
-from vlunet.models.perceiveir.perceiveir_difficulty_probe import DifficultyProbe, psnr_per_image
 from vlunet.models.checkpoint_options import OPTIONS_KEY
+from vlunet.models.perceiveir.perceiveir_difficulty_probe import DifficultyProbe, psnr_per_image
+
+from helpers import TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, write_image
 
 SIZE = (40, 44)  # height, width of the generated images
 PROXY_SCALE = 0.5  # proxies are gt * 0.5: a pixel-wise relation that survives identical crops and flips

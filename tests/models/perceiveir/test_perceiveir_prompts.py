@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from helpers import TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, write_image
 
 import vlunet  # noqa: F401
 from vlunet.archs.perceiveir.perceiveir_prompts_arch import QualityPrompts
 from vlunet.data.perceiveir.perceiveir_triplet_dataset import QualityTripletDataset
+
+from helpers import TINY_CLIP_CONFIG, TINY_CLIP_NAME, run_entry, smooth_image, write_image
 
 WORD_IDS = {'terrible': 9741, 'mediocre': 41170, 'excellent': 4239}  # CLIP BPE ids (one token each)
 

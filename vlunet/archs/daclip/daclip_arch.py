@@ -43,13 +43,14 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 from PIL import Image
 from torch import nn
 
 from vlunet.archs.degradation_clip_arch import build_backbone, register_backbone_config
 from vlunet.convert.daclip_checkpoint import daclip_state_dict, is_daclip_file
 from vlunet.utils.safe_load import load_checked_state_dict, safe_torch_load
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 __all__ = ['DACLIP', 'daclip_preprocess', 'truncate_to_uint8', 'resize_and_centre_crop']
 

@@ -47,13 +47,23 @@ import numbers
 from typing import Optional, Sequence, Union
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from vlunet.archs.daclip.irsde_unet_blocks import (LinearAttention, PreNorm, Residual, SinusoidalTimeEmbedding,
-                                            SpatialTransformer, TimeConditionedResBlock, conv, downsample, upsample)
+from vlunet.archs.daclip.irsde_unet_blocks import (
+    LinearAttention,
+    PreNorm,
+    Residual,
+    SinusoidalTimeEmbedding,
+    SpatialTransformer,
+    TimeConditionedResBlock,
+    conv,
+    downsample,
+    upsample,
+)
 from vlunet.archs.padding import pad_to_multiple
 from vlunet.ops.weight_layout import store_weights_channels_last
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 HEAD_CHANNELS = 32  # channels per head of the spatial transformers
 FIRST_TRANSFORMER_LEVEL = 3  # levels below this one use linear attention

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vlunet.ops.fused_convolutions import conv_modulate_silu, fast_cpu_inference
 from vlunet.ops.bands import row_bands
 from vlunet.ops.channels_last import as_map, pixel_rows, pointwise
 from vlunet.ops.dispatch import bands_allowed
+from vlunet.ops.fused_convolutions import conv_modulate_silu, fast_cpu_inference
 
 
 def works_in_place(x: torch.Tensor, *others: torch.Tensor) -> bool:

@@ -68,7 +68,6 @@ Parameter names follow the NAFNet release (``intro``, ``encoders``, ``downs``, `
 from typing import Optional, Sequence, Tuple
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 from einops import rearrange
 from torch import nn
 
@@ -76,6 +75,8 @@ from vlunet.archs.daclip.irsde_unet_blocks import DegradationPrompt, MultiHeadAt
 from vlunet.archs.nafnet_blocks import NAFBlock, NAFBlocks, nafnet_downsample, nafnet_upsample
 from vlunet.archs.padding import crop_to, pad_to_multiple
 from vlunet.ops.weight_layout import store_weights_channels_last
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 HEAD_CHANNELS = 32  # channels per attention head, as in the IR-SDE U-Net
 DEGRADATION_INPUTS = ('prompt', 'embedding')

@@ -75,7 +75,6 @@ under the paper's name, so ``backbone`` accepts ``restormer`` only.
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlunet.archs.padding import crop_to, pad_to_multiple
@@ -83,6 +82,8 @@ from vlunet.archs.perceiveir.perceiveir_blocks import CompactFeatureExtraction, 
 from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample
 from vlunet.ops.channels_last import pointwise
 from vlunet.ops.weight_layout import store_weights_channels_last
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
 BACKBONES = ('restormer',)

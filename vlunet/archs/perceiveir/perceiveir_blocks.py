@@ -25,8 +25,16 @@ from torch import nn
 from vlunet.archs.restormer_blocks import ChannelLayerNorm, GatedFeedForward, TransposedSelfAttention
 from vlunet.ops.attention import channel_attention
 from vlunet.ops.channels_last import pointwise
-from vlunet.utils.safe_load import (MissingFileError, WrongContentsError, check_file, load_checked_state_dict,
-                                    load_safetensors, one_line, require_state_dict, safe_torch_load)
+from vlunet.utils.safe_load import (
+    MissingFileError,
+    WrongContentsError,
+    check_file,
+    load_checked_state_dict,
+    load_safetensors,
+    one_line,
+    require_state_dict,
+    safe_torch_load,
+)
 
 CFE_WIDTHS = (32, 64, 96, 128)  # the release's CFE widths, one stride-2 stage each
 CFE_NEGATIVE_SLOPE = 0.1  # AirNet's CBDE, which Fig. 3's CFE follows (paper: "LReLU", slope not stated)

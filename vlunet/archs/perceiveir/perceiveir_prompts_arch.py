@@ -30,11 +30,12 @@ from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
 from vlunet.archs.degradation_clip_arch import CLIP_INPUT_SIZE, build_backbone, register_backbone_config
 from vlunet.utils.safe_load import WrongContentsError
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 QUALITY_WORDS = ('terrible', 'mediocre', 'excellent')
 PLACEHOLDER_WORD = 'X'

@@ -22,13 +22,14 @@ import os.path as osp
 from typing import Dict, Optional, Sequence
 
 import torch
-from basicsr.archs.vgg_arch import NAMES
-from basicsr.utils import get_root_logger
 from torch import nn
 from torchvision.models import VGG16_Weights, vgg
 
 from vlunet.utils.safe_load import WrongContentsError, safe_torch_load
 from vlunet.utils.weight_files import RANDOM_WEIGHTS, resolve_weights_file
+
+from basicsr.archs.vgg_arch import NAMES
+from basicsr.utils import get_root_logger
 
 VGG16_LAYER_NAMES = tuple(NAMES['vgg16'])
 VGG16_WEIGHTS_URL = VGG16_Weights.IMAGENET1K_V1.url  # https://download.pytorch.org/models/vgg16-397923af.pth

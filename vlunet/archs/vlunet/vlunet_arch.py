@@ -33,15 +33,16 @@ Differences from the official code, none of which change the output for its vali
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
 from vlunet.archs.padding import crop_to, pad_to_multiple
 from vlunet.archs.restormer_blocks import Downsample, TransformerBlocks, Upsample
+from vlunet.archs.state_dict_mismatch import state_dict_mismatch_message
+from vlunet.archs.vlunet.gradient_step import DegradationGuidedGradientStep
 from vlunet.ops.channels_last import pointwise
 from vlunet.ops.weight_layout import store_weights_channels_last
-from vlunet.archs.state_dict_mismatch import state_dict_mismatch_message
+
+from basicsr.utils.registry import ARCH_REGISTRY
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
 

@@ -36,9 +36,9 @@ import random
 from collections.abc import Sequence
 from typing import Dict, List, Tuple
 
-from basicsr.utils.registry import DATASET_REGISTRY
-
 from vlunet.data.mixed_degradation_dataset import MixedDegradationDataset
+
+from basicsr.utils.registry import DATASET_REGISTRY
 
 DACLIP_DEGRADATIONS = ('motion-blurry', 'hazy', 'jpeg-compressed', 'low-light', 'noisy', 'raindrop', 'rainy',
                        'shadowed', 'snowy', 'uncompleted')

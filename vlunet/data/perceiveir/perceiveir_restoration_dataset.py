@@ -46,14 +46,15 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from basicsr.data.transforms import paired_random_crop
-from basicsr.utils import FileClient, get_root_logger, img2tensor, scandir
-from basicsr.utils.registry import DATASET_REGISTRY
 
 from vlunet.data.image_io import ImageReadError, centre_crop, check_same_size, fit_to_crop, read_image
 from vlunet.data.mixed_degradation_dataset import MixedDegradationDataset
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS
 from vlunet.data.synthetic_degradations import apply_degradations
+
+from basicsr.data.transforms import paired_random_crop
+from basicsr.utils import FileClient, get_root_logger, img2tensor, scandir
+from basicsr.utils.registry import DATASET_REGISTRY
 
 PROXY_KEYS = ('name', 'dataroot', 'tasks')
 TASK_PLACEHOLDER = '{task}'

@@ -42,13 +42,14 @@ import random
 from typing import Dict, List, Optional
 
 import numpy as np
-from basicsr.utils import FileClient, img2tensor, scandir
-from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from vlunet.data.daclip.daclip_universal_dataset import BalancedDraws
 from vlunet.data.image_io import SMALL_IMAGE_MODES, centre_crop, check_same_size, fit_to_crop, read_image
 from vlunet.data.pair_sources import IMAGE_EXTENSIONS
+
+from basicsr.utils import FileClient, img2tensor, scandir
+from basicsr.utils.registry import DATASET_REGISTRY
 
 IMAGE_KINDS = ('lq', 'medium', 'gt')
 TASK_BALANCED = 'task_balanced'

@@ -27,9 +27,10 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import distributed, nn
+
 from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import LOSS_REGISTRY
-from torch import distributed, nn
 
 CLASSIFICATION_SCALE = 100.0
 

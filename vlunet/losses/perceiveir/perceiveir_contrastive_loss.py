@@ -27,10 +27,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from vlunet.losses.daclip.daclip_loss import gather_with_local_gradients
+
+from basicsr.utils.registry import LOSS_REGISTRY
 
 RELEASE_TEMPERATURE = 0.1
 

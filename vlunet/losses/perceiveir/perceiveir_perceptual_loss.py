@@ -40,10 +40,11 @@ import math
 from typing import Dict, Mapping, Optional
 
 import torch
-from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from vlunet.archs.perceiveir.vgg16_features import VGG16Features
+
+from basicsr.utils.registry import LOSS_REGISTRY
 
 PAPER_LAYER_WEIGHTS = {'relu1_2': 1 / 12, 'relu2_2': 1 / 6, 'relu3_1': 1 / 3, 'relu3_3': 1.0}
 PAPER_EASY_WEIGHT = 2.0  # λ

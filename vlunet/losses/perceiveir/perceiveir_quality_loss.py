@@ -28,13 +28,14 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from basicsr.utils import get_root_logger
-from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from vlunet.archs.degradation_clip_arch import register_backbone_config
 from vlunet.archs.perceiveir.perceiveir_prompts_arch import PROMPT_KEY, QualityPrompts, clip_resize_normalize
 from vlunet.utils.safe_load import WrongContentsError, check_file, safe_torch_load
+
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import LOSS_REGISTRY
 
 PROMPTS_FILE_HELP = ('the stage-1 prompts file experiments/<name>/models/net_prompts_<iter>.pth written by '
                      'vlunet/train.py -opt options/perceiveir/train_perceiveir_prompts.yml (QualityPromptModel)')

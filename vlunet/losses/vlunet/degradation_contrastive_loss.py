@@ -27,8 +27,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
+
+from basicsr.utils.registry import LOSS_REGISTRY
 
 CLIP_INITIAL_TEMPERATURE = 1 / 0.07  # CLIP's initial logit scale
 CLIP_MAX_TEMPERATURE = 100.0  # CLIP's clamp of the logit scale

@@ -41,13 +41,14 @@ from collections import OrderedDict
 from typing import List, Tuple
 
 import torch
-from basicsr.utils import get_root_logger
-from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
 from vlunet.models.clip_finetune_model import CLIPFinetuneModel
 from vlunet.utils.precision import autocast, make_grad_scaler, parse_amp_options
 from vlunet.utils.safe_load import safe_torch_load
+
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
 
 MAX_LOGIT_SCALE = math.log(100)
 NO_DECAY_NAME_PARTS = ('bn', 'ln', 'bias', 'logit_scale')

@@ -36,12 +36,13 @@ from functools import partial
 from typing import List, NamedTuple, Optional
 
 import torch
-from basicsr.utils.registry import MODEL_REGISTRY
 from torch import nn
 
-from vlunet.models.guided_restoration_model import GuidedRestorationModel
 from vlunet.models.daclip.irsde import IRSDE, SAMPLING_MODES
+from vlunet.models.guided_restoration_model import GuidedRestorationModel
 from vlunet.utils.precision import autocast
+
+from basicsr.utils.registry import MODEL_REGISTRY
 
 SDE_KEYS = ('max_sigma', 'T', 'schedule', 'eps')
 

@@ -25,8 +25,9 @@ every rank gets the same weights.
 from typing import Callable, Dict, List, Tuple
 
 import torch
-from basicsr.utils.dist_util import get_dist_info
 from torch import distributed
+
+from basicsr.utils.dist_util import get_dist_info
 
 PSNR_FLOOR_MSE = 1e-10  # PSNR of identical images: 100 dB instead of infinity
 CHUNK = 8  # probe images restored per forward

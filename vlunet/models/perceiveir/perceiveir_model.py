@@ -48,17 +48,18 @@ from functools import partial
 from typing import Dict, List
 
 import torch
+from torch import nn
+
+from vlunet.losses.perceiveir.perceiveir_perceptual_loss import difficulty_weights
+from vlunet.models.guided_restoration_model import GuidedRestorationModel
+from vlunet.models.perceiveir.perceiveir_difficulty_probe import DifficultyProbe, probe_problems
+from vlunet.utils.precision import autocast
+
 from basicsr.data import build_dataset
 from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
-from torch import nn
-
-from vlunet.losses.perceiveir.perceiveir_perceptual_loss import difficulty_weights
-from vlunet.models.perceiveir.perceiveir_difficulty_probe import DifficultyProbe, probe_problems
-from vlunet.models.guided_restoration_model import GuidedRestorationModel
-from vlunet.utils.precision import autocast
 
 DATASET_TYPE = 'PerceiveIRRestorationDataset'
 PROBE_KEY = 'difficulty_probe'

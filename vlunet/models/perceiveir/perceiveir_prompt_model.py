@@ -35,21 +35,22 @@ from typing import List
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import distributed, nn
+
+from vlunet.metrics.degradation_accuracy_metric import calculate_degradation_accuracy, similarity_matrix
+from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
+from vlunet.utils.atomic_write import atomic_torch_save
+from vlunet.utils.console_log import drop_messages
+from vlunet.utils.safe_load import safe_torch_load
+from vlunet.utils.similarity_heatmap import write_similarity_heatmap
+from vlunet.utils.validation_record import ValidationRecord
+
 from basicsr.archs import build_network
 from basicsr.metrics import calculate_metric
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import MODEL_REGISTRY
-from torch import distributed, nn
-
-from vlunet.metrics.degradation_accuracy_metric import calculate_degradation_accuracy, similarity_matrix
-from vlunet.utils.validation_record import ValidationRecord
-from vlunet.models.training_state import MULTIPLE_VALIDATION_WARNING, TrainingStateMixin, optimizer_problems
-from vlunet.utils.atomic_write import atomic_torch_save
-from vlunet.utils.console_log import drop_messages
-from vlunet.utils.safe_load import safe_torch_load
-from vlunet.utils.similarity_heatmap import write_similarity_heatmap
 
 NETWORK_KEY = 'network_prompts'
 WEIGHTS_KEY = 'pretrain_network_prompts'
