@@ -164,7 +164,8 @@ def build_baseline(net: nn.Module, net_opt: dict, official_file: Optional[str], 
     """The baseline network (eval mode) holding ``net``'s weights under the official key names.
 
     With ``official_file`` the authors' ``VLUNet`` from that file (strict ``load_state_dict``), else
-    :class:`OfficialVLUNet`, the re-implementation of the official forward in ``benchmarks/reimplementations/vlunet_release.py``.
+    :class:`OfficialVLUNet`, the re-implementation of the official forward in
+    ``benchmarks/reimplementations/vlunet_release.py``.
     """
     state = official_state(net)
     if official_file is None:

@@ -1,7 +1,8 @@
 """Speed and exactness of DA-CLIP's IR-SDE noise network (``ConditionalUNet``), side by side with the release's.
 
 Usage:
-    python benchmarks/benchmark_irsde.py --official-file ../universal-image-restoration/config/daclip-sde/models/modules/DenoisingUNet_arch.py
+    python benchmarks/benchmark_irsde.py \\
+        --official-file ../universal-image-restoration/config/daclip-sde/models/modules/DenoisingUNet_arch.py
     python benchmarks/benchmark_irsde.py                      # vs benchmarks/reimplementations/daclip_release.py
     python benchmarks/benchmark_irsde.py --restore-steps 100  # also one 100-step restoration of a --sizes[0] image
 

@@ -102,7 +102,8 @@ def main() -> None:
                     lambda: original_clip_transform(images), args.runs)),
                 ('  of which preprocessing, vlunet daclip_preprocess', _median_ms(
                     lambda: model.preprocess(images), args.runs))]
-    print(f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; '
+    print(f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, '
+          f'torch {torch.__version__}; '
           f'{args.backbone}, batch {args.batch}, {args.size[0]}x{args.size[1]} inputs, fp32, median of {args.runs}')
     print('\n| computation | ms |\n|---|---:|')
     for name, ms in rows:

@@ -1,4 +1,5 @@
-"""``python scripts/convert_official_checkpoint.py ...`` from a clone: the ``vlunet-convert`` command (:mod:`vlunet.commands.convert`)."""
+"""``python scripts/convert_official_checkpoint.py ...`` from a clone: the ``vlunet-convert`` command
+(:mod:`vlunet.commands.convert`)."""
 import os.path as osp
 import runpy
 import sys

@@ -50,8 +50,8 @@ TESTED_TORCH = ((2, 11), (2, 14))  # the range of PyTorch versions this check is
 DEMO_OPTIONS = {  # model type -> its demo training options
     'VLUNetModel': 'train_demo.yml', 'CLIPFinetuneModel': 'train_clip_demo.yml', 'DACLIPModel': 'train_daclip_demo.yml',
     'NAFNet + DA-CLIP (GuidedRestorationModel)': 'train_nafnet_daclip_demo.yml',
-    'PerceiveIRModel': 'train_perceiveir_demo.yml'}
-WITHOUT_DEMO = ('IRSDEModel', 'QualityPromptModel')  # shipped model types that have no demo options yet
+    'PerceiveIRModel': 'train_perceiveir_demo.yml', 'IRSDEModel': 'train_irsde_demo.yml'}
+WITHOUT_DEMO = ('QualityPromptModel',)  # shipped model types that have no demo options yet
 LOG_ITERATION = re.compile(r'iter:\s*([\d,]+)')
 LOG_VALUE = re.compile(r'\b([A-Za-z_][\w/]*):\s*([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf))')
 NOT_LOSSES = {'epoch', 'iter', 'eta', 'time', 'data', 'lr'}

@@ -68,7 +68,7 @@ def crops_of(img: np.ndarray, size: int, count: int, rng: np.random.Generator) -
     height, width = img.shape[:2]
     tops = rng.integers(0, height - size + 1, count) if count > 1 else [(height - size) // 2]
     lefts = rng.integers(0, width - size + 1, count) if count > 1 else [(width - size) // 2]
-    return [img[t:t + size, l:l + size] for t, l in zip(tops, lefts)]
+    return [img[top:top + size, left:left + size] for top, left in zip(tops, lefts)]
 
 
 def to_bgr_uint8(img: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta d
 what this implementation computes (MACs = FLOPs / 2), split into ``conv`` (k x k convolutions) and
 ``matmul`` (matrix products: the 1x1 convolutions, which run as products, and the attention). VLU-Net's
 official computation is 186.25 GMACs at 256x256; this implementation computes 177.35 (the attention's
-output projection is merged into the small attention matrix, docs/performance.md). Latency is the median of ``--runs`` forward passes of a
+output projection is merged into the small attention matrix, docs/performance.md). Latency is the
+median of ``--runs`` forward passes of a
 1x3xSxS random image (batch 1, inference mode) on ``--device``, after one warm-up pass, using
 ``torch.get_num_threads()`` CPU threads (set ``OMP_NUM_THREADS`` to change them). Guided networks get
 random (1, D) embeddings for the guidance they take (NAFNetDACLIP: ``degradation`` and ``content``; VLU-Net:

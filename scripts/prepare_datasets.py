@@ -1,4 +1,5 @@
-"""``python scripts/prepare_datasets.py ...`` from a clone: the ``vlunet-prepare-data`` command (:mod:`vlunet.commands.prepare_data`)."""
+"""``python scripts/prepare_datasets.py ...`` from a clone: the ``vlunet-prepare-data`` command
+(:mod:`vlunet.commands.prepare_data`)."""
 import os.path as osp
 import runpy
 import sys

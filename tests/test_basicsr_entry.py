@@ -168,8 +168,8 @@ def test_importing_basicsr_alone_registers_vlunet_without_open_clip(tmp_path):
             '[m for m in ("open_clip", "timm", "skimage") if m in sys.modules])')
     result = _run(['-c', code], str(tmp_path))
     assert result.stdout.split() == ['vlunet.archs.vlunet.vlunet_arch', 'vlunet.data.mixed_degradation_dataset',
-                                     'vlunet.models.guided_restoration_model', 'DegradationCLIP', 'SourceFileLoader', 'False',
-                                     '[]']
+                                     'vlunet.models.guided_restoration_model', 'DegradationCLIP', 'SourceFileLoader',
+                                     'False', '[]']
 
 
 @pytest.mark.multiprocess

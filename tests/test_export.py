@@ -87,8 +87,8 @@ def test_export_cli_writes_checked_files(tmp_path, exported, monkeypatch):
     atomic_torch_save({'params': tiny_net().state_dict()}, weights)
     arch = '{"type": "VLUNet", ' + ', '.join(f'"{k}": {list(v) if isinstance(v, tuple) else v}'
                                              for k, v in TINY.items()) + '}'
-    status = script.main(['--net-weights', weights, '--arch-json', arch, '-o', str(tmp_path / 'out'), '--formats', 'pt2',
-                   '--check-sizes', '1x19x77', '2x16x16'])
+    status = script.main(['--net-weights', weights, '--arch-json', arch, '-o', str(tmp_path / 'out'),
+                          '--formats', 'pt2', '--check-sizes', '1x19x77', '2x16x16'])
     assert status == 0
     assert isinstance(exported_nets[0], VLUNet) and not exported_nets[0].training
     assert osp.isfile(tmp_path / 'out' / 'tiny_net.pt2')

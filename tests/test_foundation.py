@@ -65,7 +65,8 @@ def test_a_plugin_file_imported_under_another_module_name_keeps_the_first_regist
         spec.loader.exec_module(module)  # BasicSR alone: "An object named 'VLUNet' was already registered"
     assert module.calculate_psnr_float_rgb is not METRIC_REGISTRY.get('calculate_psnr_float_rgb')
     assert _plugin_entries() == before  # the same definitions: the first registrations stay
-    message = (r"arch registry: 'VLUNet' is already registered by vlunet\.archs\.vlunet\.vlunet_arch\.VLUNet \(.*vlunet_arch"
+    message = (r"arch registry: 'VLUNet' is already registered by "
+               r"vlunet\.archs\.vlunet\.vlunet_arch\.VLUNet \(.*vlunet_arch"
                r"\.py\); test_foundation\..*VLUNet \(.*test_foundation\.py\) is another object with that name: rename")
     with pytest.raises(ValueError, match=message):
         @ARCH_REGISTRY.register()

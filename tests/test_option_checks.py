@@ -22,7 +22,8 @@ from helpers import REPO_ROOT, run_entry, smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 2, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}
-CONVERTER = 'python scripts/convert_official_checkpoint.py pretrained_ckpt/5task_vlunet.ckpt experiments/pretrained_models'
+CONVERTER = ('python scripts/convert_official_checkpoint.py pretrained_ckpt/5task_vlunet.ckpt '
+             'experiments/pretrained_models')
 
 
 def _options() -> dict:
@@ -108,8 +109,8 @@ def test_force_yml_is_applied_before_the_check(data, monkeypatch):
     assert _check(data, opt, ['network_g:type=VLUNet', 'train:total_iter=3']) == []
     # A misspelt override is caught: a new key nobody reads, a missing section, a bad value.
     message = _problems(data, _options(), ['train:totl_iter=3'])
-    assert "train.totl_iter: unknown key, ignored by BasicSR and vlunet. Did you mean 'total_iter'? (set by --force_yml)" \
-        in message
+    assert ("train.totl_iter: unknown key, ignored by BasicSR and vlunet. Did you mean 'total_iter'? "
+            "(set by --force_yml)") in message
     assert "--force_yml 'trian:total_iter=3': the option file has no key 'trian'. Did you mean 'train'?" in _problems(
         data, _options(), ['trian:total_iter=3'])
     assert 'train.total_iter: 0 must be a positive integer.' in _problems(data, _options(), ['train:total_iter=0'])
@@ -170,7 +171,8 @@ def test_what_basicsr_models_read_in_training(data, monkeypatch):
                 data, opt)
     opt['train']['scheduler'] = {'type': 'CosineAnnealingRestartLR', 'period': [2]}
     message = _problems(data, opt)
-    assert "train.scheduler.period: CosineAnnealingRestartLR has no argument 'period'. Did you mean 'periods'?" in message
+    assert ("train.scheduler.period: CosineAnnealingRestartLR has no argument 'period'. "
+            "Did you mean 'periods'?") in message
     assert 'train.scheduler.periods: missing (required by CosineAnnealingRestartLR).' in message
 
 
@@ -216,7 +218,8 @@ def test_missing_weights_name_the_key_and_where_they_come_from(data, monkeypatch
     assert ("path.pretrain_network_g: weight file 'experiments/pretrained_models/5task_vlunet_net.pth' does not exist. "
             "It is converted from the official release file 5task_vlunet.ckpt") in message
     assert message.count(CONVERTER) == 1
-    assert ("path.pretrain_network_degradation_encoder: weight file 'experiments/pretrained_models/5task_vlunet_clip.pth'"
+    assert ("path.pretrain_network_degradation_encoder: weight file "
+            "'experiments/pretrained_models/5task_vlunet_clip.pth'"
             " does not exist. It is written by the same command as path.pretrain_network_g.") in message
     opt['path']['pretrain_network_g'] = 'experiments/other_run/models/net_g_latest.pth'
     opt['degradation_encoder']['pretrained'] = 'weights/open_clip_pytorch_model.bin'

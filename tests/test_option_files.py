@@ -211,7 +211,8 @@ def test_option_file_builds_its_datasets_and_model(option_file, tmp_path, monkey
         crop = shipped['datasets'].get('train', {}).get('gt_size')
         if crop and not option_file.startswith(('options/demo/', 'options/daclip/')):  # DA-CLIP's setting: 256
             assert crop == 128 and datasets['train'][0]['lq'].shape == (3, 128, 128)
-    if option_file == 'options/daclip/train_daclip.yml':  # every pair once per epoch, as the original's CSV of all pairs
+    # every pair once per epoch, as the original's CSV of all pairs
+    if option_file == 'options/daclip/train_daclip.yml':
         assert sorted(datasets['train'].composition) == [(t, s) for t in range(10) for s in range(2)]
         assert 'caption' in datasets['train'][0] and len(datasets['train']) == 20
     if option_file in TRAIN_SETTINGS:

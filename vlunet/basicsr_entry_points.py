@@ -1,5 +1,6 @@
 """What vlunet adds to BasicSR's own pipelines and entry points (``python -m basicsr.train``, ``basicsr/train.py``,
-likewise ``test``; vlunet is imported by ``vlunet_basicsr_hook``), besides the compatibility fixes of :mod:`vlunet.compat`.
+likewise ``test``; vlunet is imported by ``vlunet_basicsr_hook``), besides the compatibility fixes of
+:mod:`vlunet.compat`.
 
 Installed once by ``import vlunet`` (:func:`install`); each change says once, in the run's log, what it did.
 

@@ -15,7 +15,7 @@ VERBOSE_FLAG = '--verbose'  # ours: the network structure, option dump and trace
 
 
 def normalize_local_rank_argument(argv: List[str]) -> List[str]:
-    """Return ``argv`` with ``--local-rank`` (torch >= 2.0 launcher) spelled ``--local_rank`` (BasicSR knows only that)."""
+    """Return ``argv`` with ``--local-rank`` (torch >= 2.0 launcher) as ``--local_rank`` (BasicSR knows only that)."""
     return ['--local_rank' + arg[len('--local-rank'):] if arg.startswith('--local-rank') else arg for arg in argv]
 
 

@@ -192,7 +192,7 @@ def load_network_weights(net: nn.Module, path: str, description: str = NETWORK_W
 
 def build_restoration_network(weights_path: str, network_options: Optional[dict] = None,
                               param_key: str = 'params') -> nn.Module:
-    """The network of ``network_options`` (default VLUNet, ``de_dim`` from the weights) with its weights, in eval mode."""
+    """Network of ``network_options`` (default VLUNet, ``de_dim`` from the weights) with its weights, in eval mode."""
     state = _network_state(weights_path, param_key)
     options = dict(network_options or {'type': 'VLUNet'})
     if options['type'] == 'VLUNet' and 'de_dim' not in options:

@@ -454,7 +454,8 @@ def _missing_key_error(key: str, what: str, opt: dict) -> str:
 
 def check_options(opt: dict, is_train: bool, auto_resume: bool = False) -> List[str]:
     """Return the problems of an option dict as BasicSR will use it (empty when it can run)."""
-    required = {'name': 'the experiment name', 'model_type': 'e.g. GuidedRestorationModel', 'num_gpu': '0 for the CPU, or auto',
+    required = {'name': 'the experiment name', 'model_type': 'e.g. GuidedRestorationModel',
+                'num_gpu': '0 for the CPU, or auto',
                 'datasets': 'train/val or test sets', 'path': 'weight files; may be empty: path: {}'}
     errors = [_missing_key_error(key, what, opt) for key, what in required.items() if key not in opt]
     model_class = registered(MODEL_REGISTRY, opt.get('model_type'))

@@ -1,4 +1,4 @@
-"""DegradationCLIP (preprocessing, frozen backbone, adapters, weight loading), the CLIP losses, accuracy and heat-map."""
+"""DegradationCLIP (preprocessing, frozen backbone, adapters, weight loading), CLIP losses, accuracy and heat-map."""
 import json
 import math
 
@@ -132,7 +132,8 @@ def test_loads_official_clip_tuned_and_ckpt(tmp_path, clip, tiny_clip_name):
     torch.save({'epoch': 199, 'state_dict': state}, tmp_path / 'official.ckpt')
     assert target.load_weights(str(tmp_path / 'official.ckpt')) == 'adapters and backbone'
     torch.testing.assert_close(target.backbone.state_dict(), backbone)
-    torch.testing.assert_close(target.image_adapter[0].weight, state['model_degradation.ad_imageEncoder.adapter.0.weight'])
+    torch.testing.assert_close(target.image_adapter[0].weight,
+                               state['model_degradation.ad_imageEncoder.adapter.0.weight'])
 
     torch.save({'params': {'image_adapter.0.weight': torch.zeros(512, 512)}}, tmp_path / 'partial.pth')
     with pytest.raises(ValueError, match='missing keys'):

@@ -1,4 +1,4 @@
-"""The IR-SDE U-Net tests' shared pieces: a tiny configuration, seeded inputs, the release re-implementation beside ours."""
+"""IR-SDE U-Net tests' shared pieces: tiny configuration, seeded inputs, the release re-implementation beside ours."""
 import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)

@@ -1,4 +1,4 @@
-"""CLIPFinetuneModel: adapter-only training, train/resume through vlunet/train.py, accuracy metric, heat-maps, report."""
+"""CLIPFinetuneModel: adapter-only training, train/resume via vlunet/train.py, accuracy metric, heat-maps, report."""
 import csv
 import glob
 import json
@@ -28,7 +28,8 @@ def _options(root) -> dict:
     tasks = [{'name': name, 'source': {'dataroot_gt': str(root / 'clean')}} for name in TASKS]
     return {
         'name': 'clip_tiny', 'model_type': 'CLIPFinetuneModel', 'num_gpu': 0, 'manual_seed': 0,
-        'network_clip': {'type': 'DegradationCLIP', 'backbone': str(root / f'{TINY_CLIP_NAME}.json'), 'pretrained': None},
+        'network_clip': {'type': 'DegradationCLIP', 'backbone': str(root / f'{TINY_CLIP_NAME}.json'),
+                         'pretrained': None},
         'degradation_prompts': PROMPTS,
         'datasets': {
             'train': {'name': 'train', 'type': 'MixedDegradationDataset', 'tasks': tasks, 'gt_size': 32,
@@ -52,7 +53,8 @@ def _write_yaml(path, opt: dict) -> str:
 
 
 def _log(root) -> str:
-    return ''.join(open(p, encoding='utf-8').read() for p in sorted(glob.glob(str(root / 'experiments/clip_tiny/*.log'))))
+    return ''.join(open(p, encoding='utf-8').read()
+                   for p in sorted(glob.glob(str(root / 'experiments/clip_tiny/*.log'))))
 
 
 @pytest.fixture(scope='module')

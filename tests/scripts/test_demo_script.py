@@ -38,7 +38,8 @@ def test_thread_count_from_the_environment_or_the_load(monkeypatch):
 
 
 def test_every_step_runs_with_the_chosen_threads(demo):
-    check = 'import os, sys; sys.exit(0 if os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "{}" else 3)'
+    check = ('import os, sys; sys.exit(0 if os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "{}" '
+             'else 3)')
     demo.run_step('threads', ['-c', check.format(1)], threads=1)
     with pytest.raises(SystemExit, match='step "threads" failed'):
         demo.run_step('threads', ['-c', check.format(2)], threads=1)

@@ -10,11 +10,13 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(REPO_ROOT, 'scripts'))
 import gpu_check  # noqa: E402
 
-LOG = """2026-12-07 INFO: [gpucheck..][epoch:  0, iter:       1, lr:(2.000e-04,)] [eta: 0:00:01, time (data): 0.5 (0.1)] l_pix: 2.0000e-01
-2026-12-07 INFO: Saving models and training states.
-2026-12-07 INFO: [gpucheck..][epoch:  0, iter:       2, lr:(2.000e-04,)] [eta: 0:00:00, time (data): 0.5 (0.1)] l_pix: 1.0000e-01 l_aux: 1.0e-02
-2026-12-07 INFO: [gpucheck..][epoch:  0, iter:   1,003, lr:(2.000e-04,)] [eta: 0:00:00, time (data): 0.5 (0.1)] l_pix: nan
-"""
+LOG = ('2026-12-07 INFO: [gpucheck..][epoch:  0, iter:       1, lr:(2.000e-04,)] '
+       '[eta: 0:00:01, time (data): 0.5 (0.1)] l_pix: 2.0000e-01\n'
+       '2026-12-07 INFO: Saving models and training states.\n'
+       '2026-12-07 INFO: [gpucheck..][epoch:  0, iter:       2, lr:(2.000e-04,)] '
+       '[eta: 0:00:00, time (data): 0.5 (0.1)] l_pix: 1.0000e-01 l_aux: 1.0e-02\n'
+       '2026-12-07 INFO: [gpucheck..][epoch:  0, iter:   1,003, lr:(2.000e-04,)] '
+       '[eta: 0:00:00, time (data): 0.5 (0.1)] l_pix: nan\n')
 
 
 def test_losses_are_read_from_the_training_log_and_summarised():

@@ -71,7 +71,8 @@ def runs(tmp_path_factory):
     train = run_entry('train', ['-opt', str(root / 'train.yml')], cwd=str(root))
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     test_opt = {key: opt[key] for key in ('model_type', 'scale', 'num_gpu', 'network_g', 'degradation_encoder')}
-    test_opt.update(name='quiet_test', datasets={'test_1': _paired('test_a', 'val'), 'test_2': _paired('test_b', 'val')},
+    test_opt.update(name='quiet_test',
+                    datasets={'test_1': _paired('test_a', 'val'), 'test_2': _paired('test_b', 'val')},
                     path=dict(opt['path'], pretrain_network_g='experiments/quiet/models/net_g_latest.pth'),
                     val={'save_img': False, 'metrics': PSNR})
     (root / 'test.yml').write_text(yaml.safe_dump(test_opt, sort_keys=False))

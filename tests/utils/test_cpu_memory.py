@@ -75,5 +75,6 @@ def test_an_entry_point_reports_a_bad_switch_before_any_work(tmp_path):
     completed = subprocess.run([sys.executable, train, '-opt', 'missing.yml'], cwd=tmp_path, capture_output=True,
                                text=True, timeout=120, env={**os.environ, 'VLUNET_KEEP_FREED_MEMORY': 'maybe'})
     assert completed.returncode == 1
-    assert completed.stderr.strip().splitlines()[-1].startswith("error: VLUNET_KEEP_FREED_MEMORY='maybe' is not a switch")
+    assert completed.stderr.strip().splitlines()[-1].startswith(
+        "error: VLUNET_KEEP_FREED_MEMORY='maybe' is not a switch")
     assert list(tmp_path.iterdir()) == []

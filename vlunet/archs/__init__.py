@@ -1,4 +1,4 @@
-"""Every ``*_arch.py`` file in this folder is imported, registering its classes in BasicSR's ARCH_REGISTRY (networks)."""
+"""Every ``*_arch.py`` file here is imported, registering its classes in BasicSR's ARCH_REGISTRY (networks)."""
 from vlunet.utils.registration import import_modules_by_suffix
 
 MODULES = import_modules_by_suffix(__name__, __file__, '_arch.py')

@@ -54,7 +54,8 @@ BACKBONE_WEIGHTS = 'CLIP backbone weights (pretrained, --clip-pretrained)'
 ADAPTER_WEIGHTS = 'degradation-encoder weights (--clip-weights, path.pretrain_network_degradation_encoder)'
 ADAPTER_WEIGHTS_FIX = ('give a file written by scripts/convert_official_checkpoint.py (<stem>_clip.pth) or by CLIP '
                        'fine-tuning, an official clip_tuned.pth or an official VLU-Net .ckpt')
-OFFICIAL_WEIGHTS_HELP = ('the Hugging Face repo laion/CLIP-ViT-B-32-laion2B-s34B-b79K, file open_clip_pytorch_model.bin '
+OFFICIAL_WEIGHTS_HELP = ('the Hugging Face repo laion/CLIP-ViT-B-32-laion2B-s34B-b79K, '
+                         'file open_clip_pytorch_model.bin '
                          '(https://huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/'
                          'open_clip_pytorch_model.bin)')
 

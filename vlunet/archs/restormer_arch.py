@@ -1,4 +1,4 @@
-"""Restormer (Zamir et al., CVPR 2022): the plain 4-level transformer U-Net, built from :mod:`vlunet.archs.restormer_blocks`.
+"""Restormer (Zamir et al., CVPR 2022): the plain 4-level transformer U-Net, from :mod:`vlunet.archs.restormer_blocks`.
 
 It is the baseline row of the Perceive-IR tables (26.13 M parameters) and the restorer that makes
 Perceive-IR's medium-quality images (stage 1, two-fold cross-validation). The structure and the
@@ -31,7 +31,8 @@ from vlunet.ops.weight_layout import store_weights_channels_last
 from basicsr.utils.registry import ARCH_REGISTRY
 
 SIZE_MULTIPLE = 8  # three 2x downsamplings
-OFFICIAL_RENAMES = ((re.compile(r'^patch_embed\.proj\.'), 'patch_embed.'), (re.compile(r'\.(norm[12])\.body\.'), r'.\1.'))
+OFFICIAL_RENAMES = ((re.compile(r'^patch_embed\.proj\.'), 'patch_embed.'),
+                    (re.compile(r'\.(norm[12])\.body\.'), r'.\1.'))
 
 
 def official_restormer_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -106,7 +107,9 @@ class Restormer(nn.Module):
         level2 = self.encoder_level2(self.down1_2(level1))
         level3 = self.encoder_level3(self.down2_3(level2))
         latent = self.latent(self.down3_4(level3))
-        decoder3 = self.decoder_level3(pointwise(torch.cat([self.up4_3(latent), level3], dim=1), self.reduce_chan_level3))
-        decoder2 = self.decoder_level2(pointwise(torch.cat([self.up3_2(decoder3), level2], dim=1), self.reduce_chan_level2))
+        decoder3 = self.decoder_level3(pointwise(torch.cat([self.up4_3(latent), level3], dim=1),
+                                                 self.reduce_chan_level3))
+        decoder2 = self.decoder_level2(pointwise(torch.cat([self.up3_2(decoder3), level2], dim=1),
+                                                 self.reduce_chan_level2))
         decoder1 = self.decoder_level1(torch.cat([self.up2_1(decoder2), level1], dim=1))
         return crop_to(self.output(self.refinement(decoder1)) + padded, height, width)

@@ -94,7 +94,8 @@ def _convert_daclip(src: str, out_dir: str, trusted: bool) -> int:
     except (FileNotFoundError, ValueError, UnsafeCheckpointError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 1
-    print(f'wrote DA-CLIP encoder (backbone, controller, zero linears, temperature; {os.path.getsize(path) / 2**20:.1f} '
+    print('wrote DA-CLIP encoder (backbone, controller, zero linears, temperature; '
+          f'{os.path.getsize(path) / 2**20:.1f} '
           f'MiB): {path} (use DACLIP.load_weights, or degradation_encoder: {{type: DACLIP}} with '
           'path.pretrain_network_degradation_encoder)')
     return 0

@@ -188,7 +188,8 @@ class Classification:
 
     def accuracies(self, prompts: Sequence[str]) -> List[tuple]:
         """(name, image count, accuracy %) for each degradation present, then ('all', N, overall)."""
-        rows = [(name, int((self.labels == k).sum()), calculate_degradation_accuracy(self.probabilities, self.labels, k))
+        rows = [(name, int((self.labels == k).sum()),
+                 calculate_degradation_accuracy(self.probabilities, self.labels, k))
                 for k, name in enumerate(self.row_names(prompts)) if (self.labels == k).any()]
         return rows + [('all', len(self.labels), calculate_degradation_accuracy(self.probabilities, self.labels))]
 

@@ -16,7 +16,8 @@ and optionally the CLIP backbone (``backbone.*``); without backbone keys the bac
 weights it was built with (``pretrained``). The encoder's own ``load_weights(path)`` reads the file, so
 an official ``clip_tuned.pth`` or ``.ckpt`` also works for :class:`DegradationCLIP`.
 
-Guidance (shared by :class:`~vlunet.models.guided_restoration_model.GuidedRestorationModel`, :class:`vlunet.inference.Restorer` and
+Guidance (shared by :class:`~vlunet.models.guided_restoration_model.GuidedRestorationModel`,
+:class:`vlunet.inference.Restorer` and
 ``scripts/model_stats.py``): a network may declare the keyword embeddings its forward takes in a
 ``guidance_inputs`` attribute, a tuple of :data:`GUIDANCE_INPUTS` (NAFNetDACLIP: ``degradation`` and/or
 ``content``, DA-CLIP's content embedding; empty for plain NAFNet). A network that declares nothing may

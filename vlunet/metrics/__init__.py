@@ -1,4 +1,4 @@
-"""Every ``*_metric.py`` file in this folder is imported, registering its classes in BasicSR's METRIC_REGISTRY (metrics)."""
+"""Every ``*_metric.py`` file here is imported, registering its classes in BasicSR's METRIC_REGISTRY (metrics)."""
 from vlunet.utils.registration import import_modules_by_suffix
 
 MODULES = import_modules_by_suffix(__name__, __file__, '_metric.py')

@@ -43,7 +43,8 @@ FEATURE_DIMS = (64, 192, 768, 2048)
 INCEPTION_CLASSES = 1008  # the TensorFlow graph's classifier
 MISSING_PACKAGE = "calculate_fid needs the 'torch-fidelity' package: pip install 'vlunet[metrics]' (or torch-fidelity)."
 NOT_PER_IMAGE = ('calculate_fid is a dataset-level metric (one value per test set): it runs in the validation of '
-                 'vlunet models (GuidedRestorationModel, IRSDEModel, ...), not through BasicSR\'s per-image calculate_metric.')
+                 'vlunet models (GuidedRestorationModel, IRSDEModel, ...), '
+                 'not through BasicSR\'s per-image calculate_metric.')
 
 
 def _inception_module():

@@ -98,7 +98,8 @@ class CLIPFinetuneModel(TrainingStateMixin, BaseModel):
         self.print_network(self.net_clip)  # the structure goes to the log file only (vlunet.compat)
         for method in ('encode_degradation', 'encode_text', 'adapter_state_dict', 'load_checkpoint'):
             if not callable(getattr(self.clip, method, None)):
-                raise TypeError(f'{NETWORK_KEY}.type: {type(self.clip).__name__} has no {method}() (use DegradationCLIP).')
+                raise TypeError(f'{NETWORK_KEY}.type: {type(self.clip).__name__} has no {method}() '
+                                '(use DegradationCLIP).')
         train_opt = opt.get('train') or {}
         self.cri_clip = build_loss(copy.deepcopy(train_opt[LOSS_KEY])) if LOSS_KEY in train_opt \
             else DegradationContrastiveLoss()
@@ -201,7 +202,8 @@ class CLIPFinetuneModel(TrainingStateMixin, BaseModel):
         self.optimizer_clip.step()
         with torch.no_grad():
             logits = self.cri_clip.prompt_logits(image_embeddings, prompt_embeddings)
-            log = OrderedDict(l_clip=loss.detach(), batch_accuracy=(logits.argmax(1) == self.labels).float().mean() * 100)
+            log = OrderedDict(l_clip=loss.detach(),
+                              batch_accuracy=(logits.argmax(1) == self.labels).float().mean() * 100)
             if hasattr(self.cri_clip, 'temperature'):
                 log['temperature'] = self.cri_clip.temperature.detach()
         self.log_dict = self.reduce_loss_dict(log)

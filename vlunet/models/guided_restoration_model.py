@@ -24,7 +24,8 @@ Beyond SRModel:
 - checkpoints and training states written atomically;
 - optional mixed precision (top-level ``amp: {enabled, dtype}``: bf16 on CPU/CUDA, fp16 on CUDA
   with a GradScaler whose state is kept in the training state for resume) and ``compile: true`` (or
-  ``{enabled, mode, backend, dynamic}``: ``torch.compile`` of the training forward), both off by default (:mod:`vlunet.utils.precision`);
+  ``{enabled, mode, backend, dynamic}``: ``torch.compile`` of the training forward), both off by default
+  (:mod:`vlunet.utils.precision`);
 - validation/testing with optional tiling (top-level ``tile: auto`` or ``{size, overlap, batch}``, see
   :mod:`vlunet.tiling.tiles`; d is computed once from the whole image and passed to every tile),
   BasicSR uint8 metrics and float-RGB metrics (:mod:`vlunet.metrics.restoration_metric`), dataset-level

@@ -1,4 +1,4 @@
-"""Restormer (Perceive-IR's baseline and medium-quality restorer): official size, any input size, residual, key names."""
+"""Restormer (Perceive-IR's baseline, medium-quality restorer): official size, any input size, residual, key names."""
 import pytest
 import torch
 

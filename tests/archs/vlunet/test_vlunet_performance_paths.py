@@ -25,7 +25,8 @@ from helpers.networks import tiny_net as arch_tiny_net
 
 ROOT = REPO_ROOT
 BENCHMARK = osp.join(ROOT, 'benchmarks', 'benchmark.py')
-TINY = dict(de_dim=3, dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 2, 4), key_size=8)  # arch tests' + heads
+# arch tests' + heads
+TINY = dict(de_dim=3, dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 2, 2, 4), key_size=8)
 
 
 def tiny_net(seed: int = 0) -> VLUNet:

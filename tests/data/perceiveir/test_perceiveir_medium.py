@@ -1,4 +1,4 @@
-"""Perceive-IR medium-quality images: the stable two-fold split and scripts/perceiveir_make_medium.py (split, restore)."""
+"""Perceive-IR medium-quality images: stable two-fold split and scripts/perceiveir_make_medium.py (split, restore)."""
 import hashlib
 import importlib.util
 import os.path as osp
@@ -54,7 +54,8 @@ def _dataset(root) -> dict:
     for i in range(4):
         clean = smooth_image(i, 20, 27)
         write_image(str(root / 'datasets/clean' / f'{i}.png'), clean)
-        write_image(str(root / 'datasets/rain' / f'rain-{i}.png'), np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8))
+        write_image(str(root / 'datasets/rain' / f'rain-{i}.png'),
+                    np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8))
     (root / 'datasets/rain_train.txt').write_text(''.join(f'rain/rain-{i}.png,clean/{i}.png\n' for i in range(4)))
     (root / 'datasets/clean_train.txt').write_text(''.join(f'clean/{i}.png\n' for i in range(4)))
     folds = 'datasets/folds'
@@ -99,7 +100,8 @@ def test_make_medium_restores_the_other_fold_and_writes_a_triplet_meta_file(tmp_
     noise = [t for t in dataset.triplets if '/denoise_25/' in t['medium_path']]
     assert all('/denoise_25/degraded/clean/' in t['lq_path'] and osp.isfile(t['lq_path']) for t in noise)
     sample = dataset[0]
-    assert {k: tuple(sample[k].shape) for k in ('lq', 'medium', 'gt')} == {k: (3, 16, 16) for k in ('lq', 'medium', 'gt')}
+    assert {k: tuple(sample[k].shape) for k in ('lq', 'medium', 'gt')} == \
+        {k: (3, 16, 16) for k in ('lq', 'medium', 'gt')}
     # the medium image is the fold-0 network's restoration of the degraded image
     from vlunet.inference import load_image
     degraded = torch.from_numpy(load_image(rain[0]['lq_path']).transpose(2, 0, 1))[None]

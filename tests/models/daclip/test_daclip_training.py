@@ -61,7 +61,8 @@ def _write_yaml(path, opt: dict) -> str:
 
 
 def _log(root) -> str:
-    return ''.join(open(p, encoding='utf-8').read() for p in sorted(glob.glob(str(root / 'experiments/daclip_tiny/*.log'))))
+    return ''.join(open(p, encoding='utf-8').read()
+                   for p in sorted(glob.glob(str(root / 'experiments/daclip_tiny/*.log'))))
 
 
 @pytest.fixture(scope='module')

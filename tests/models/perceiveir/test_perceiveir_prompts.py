@@ -194,7 +194,8 @@ def test_heatmap_rows_are_image_kinds_and_columns_are_prompts(trained):
 @pytest.mark.multiprocess
 def test_checkpoint_holds_the_prompt_vectors_only_and_resumes(trained):
     checkpoint = torch.load(trained / 'experiments/prompts_tiny/models/net_prompts_20.pth', weights_only=True)
-    assert list(checkpoint['params']) == ['prompt_vectors'] and checkpoint['params']['prompt_vectors'].shape == (3, 4, 64)
+    assert list(checkpoint['params']) == ['prompt_vectors'] \
+        and checkpoint['params']['prompt_vectors'].shape == (3, 4, 64)
     assert checkpoint['words'] == ['terrible', 'mediocre', 'excellent'] and checkpoint['logit_scale'] == 100
     state = torch.load(trained / 'experiments/prompts_tiny/training_states/20.state', weights_only=False)
     assert len(state['optimizers'][0]['state']) == 1  # the prompt vectors, no CLIP tensor

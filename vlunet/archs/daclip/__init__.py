@@ -1,1 +1,1 @@
-"""DA-CLIP networks: the degradation-aware CLIP encoder and its restoration networks (IR-SDE U-Net, NAFNet + DA-CLIP)."""
+"""DA-CLIP networks: degradation-aware CLIP encoder and its restoration networks (IR-SDE U-Net, NAFNet + DA-CLIP)."""

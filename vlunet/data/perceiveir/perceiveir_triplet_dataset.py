@@ -76,7 +76,7 @@ def read_triplet_meta_info(path: str, dataroot: Optional[str] = None) -> List[Di
 
 
 def format_triplet_meta_info(triplets: List[Dict[str, str]], dataroot: str) -> str:
-    """The meta-info text of ``triplets`` with paths relative to ``dataroot`` (read back by :func:`read_triplet_meta_info`)."""
+    """Meta-info text of ``triplets``, paths relative to ``dataroot`` (read back by :func:`read_triplet_meta_info`)."""
     lines = ['# degraded,medium,gt (relative to this folder)']
     for triplet in triplets:
         paths = [osp.relpath(triplet[f'{kind}_path'], dataroot).replace(osp.sep, '/') for kind in IMAGE_KINDS]
@@ -132,7 +132,8 @@ class QualityTripletDataset(data.Dataset):
         if bool(opt.get('meta_info_file')) == bool(folders):
             problems.append(f'give meta_info_file or the three folders {", ".join(FOLDER_KEYS)}, not both or neither.')
         elif folders and len(folders) != 3:
-            problems.append(f'{", ".join(sorted(set(FOLDER_KEYS) - set(folders)))}: missing (all three folders needed).')
+            problems.append(f'{", ".join(sorted(set(FOLDER_KEYS) - set(folders)))}: '
+                            'missing (all three folders needed).')
         size = opt.get('crop_size')
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             problems.append(f'crop_size: {size!r} must be a positive integer (release: 224).')

@@ -123,7 +123,7 @@ class DACLIPModel(CLIPFinetuneModel):
         super().init_training_settings()
 
     def setup_schedulers(self) -> None:
-        """BasicSR's schedulers, plus :attr:`extra_schedulers` (their ``total_iter`` defaults to ``train.total_iter``)."""
+        """BasicSR's schedulers, plus :attr:`extra_schedulers` (``total_iter`` defaults to ``train.total_iter``)."""
         scheduler_opt = dict(self.opt['train']['scheduler'])
         scheduler_class = self.extra_schedulers.get(scheduler_opt.pop('type', None))
         if scheduler_class is None:

@@ -20,7 +20,8 @@ Option file (besides BasicSR's)::
       ema_update_every: 10    # the EMA is updated every N iterations (the release: ema_pytorch, every 10)
 
 The DA-CLIP embeddings of each LQ image are computed once per batch by the frozen encoder
-(:mod:`vlunet.guidance.degradation_encoder`, shared with :class:`~vlunet.models.guided_restoration_model.GuidedRestorationModel`):
+(:mod:`vlunet.guidance.degradation_encoder`, shared with
+:class:`~vlunet.models.guided_restoration_model.GuidedRestorationModel`):
 they get no gradient, are not in the EMA copy and are never saved. Without ``degradation_encoder``
 the network gets no contexts (plain IR-SDE: ``use_degra_context``/``use_image_context`` false).
 

@@ -80,7 +80,8 @@ def _auxiliary_problems(opt: dict) -> List[str]:
     prompts = (train.get('clip_opt') or {}).get('prompts_path')
     if isinstance(prompts, str) and not osp.isfile(osp.expanduser(prompts)):
         problems.append(f'train.clip_opt.prompts_path: {prompts!r} does not exist. It is the output of stage 1: '
-                        'python vlunet/train.py -opt options/perceiveir/train_perceiveir_prompts.yml (models/net_prompts_*.pth).')
+                        'python vlunet/train.py -opt options/perceiveir/train_perceiveir_prompts.yml '
+                        '(models/net_prompts_*.pth).')
     probe = train.get(PROBE_KEY)
     problems += probe_problems(probe)
     if probe and not train.get('dpl_opt'):

@@ -72,7 +72,7 @@ def quality_labels(batch: int, device: torch.device) -> torch.Tensor:
 
 @MODEL_REGISTRY.register()
 class QualityPromptModel(TrainingStateMixin, BaseModel):
-    """Trains :class:`vlunet.archs.perceiveir.perceiveir_prompts_arch.QualityPrompts` with Eq. 1 (see the module docstring)."""
+    """Trains :class:`vlunet.archs.perceiveir.perceiveir_prompts_arch.QualityPrompts` with Eq. 1 (module docstring)."""
 
     @staticmethod
     def check_options(opt: dict, is_train: bool) -> List[str]:
@@ -223,7 +223,8 @@ class QualityPromptModel(TrainingStateMixin, BaseModel):
             best = self.best_metric_results[dataset_name][name] if self.is_train else None
             best_text = f'\tBest: {best["val"]:.4f} @ {best["iter"]} iter' if best else ''
             lines.append(f'\t # {name}: {value:.4f}{best_text}')
-        per_level = {kind: calculate_degradation_accuracy(probabilities, labels, k) for k, kind in enumerate(IMAGE_LABELS)}
+        per_level = {kind: calculate_degradation_accuracy(probabilities, labels, k)
+                     for k, kind in enumerate(IMAGE_LABELS)}
         lines.append('\t Accuracy per image kind (%): ' + ', '.join(f'{k} {v:.2f}' for k, v in per_level.items()))
         folder = osp.join(self.opt['path']['visualization'], dataset_name)
         png_path = osp.join(folder, f'quality_similarity_{current_iter}.png')
