@@ -21,7 +21,7 @@ from vlunet.utils.safe_load import UnsafeCheckpointError
 from helpers import FIXTURES, REPO_ROOT
 from helpers.networks import TINY_DACLIP_CONFIG, register_tiny_daclip, trained_like
 
-MANIFEST = osp.join(FIXTURES, 'daclip_state_dict.tsv')  # shared/reference copy
+MANIFEST = osp.join(FIXTURES, 'daclip_state_dict.tsv')  # every key and shape of the released DA-CLIP file
 
 
 @pytest.fixture(scope='module')
