@@ -103,9 +103,15 @@ def _create_captions(opt: dict) -> None:
 
 
 def _create_triplets(opt: dict) -> None:
-    """A one-triplet meta-info file (degraded,medium,gt) for every QualityTripletDataset that names one."""
+    """One triplet (degraded, medium, gt) for every QualityTripletDataset: a meta-info file, or its three folders."""
     for dataset in opt['datasets'].values():
         meta = dataset.get('meta_info_file') if dataset.get('type') == 'QualityTripletDataset' else None
+        if dataset.get('type') == 'QualityTripletDataset' and not meta:
+            folders = [dataset[f'dataroot_{kind}'] for kind in ('lq', 'medium', 'gt')]
+            present = {name for folder in folders if osp.isdir(folder) for name in os.listdir(folder)}
+            names = sorted(present or {'a.png'})
+            for folder in folders:
+                _write_images(folder, names, 0)
         if meta and not osp.exists(meta):
             for kind in ('lq', 'medium', 'gt'):
                 _write_images(osp.join(osp.dirname(meta), kind), ['a.png'], 0)
