@@ -4,7 +4,6 @@ The official repository is not available offline, so the tests write a stand-in 
 the official class name and constructor that delegates to ``benchmarks/reimplementations/vlunet_release.py`` and
 records how the benchmark builds, loads and calls it.
 """
-import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -18,7 +17,7 @@ from vlunet.archs.vlunet.vlunet_arch import VLUNet
 from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 from vlunet.options import OptionError
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_benchmark
 
 ROOT = REPO_ROOT
 BENCHMARK = osp.join(ROOT, 'benchmarks', 'benchmark.py')
@@ -67,11 +66,7 @@ class VLUNet(nn.Module):
 
 @pytest.fixture(scope='module')
 def benchmark():
-    sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
-    spec = importlib.util.spec_from_file_location('benchmark', BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('benchmark')
 
 
 def _stand_in(folder) -> str:

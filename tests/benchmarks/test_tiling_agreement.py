@@ -1,6 +1,5 @@
 """Tiled VLU-Net vs whole-image VLU-Net (benchmarks/tiling_agreement.py): the attention is global, so they
 differ, but they agree within measured PSNR bounds that rise with the tile size."""
-import importlib.util
 import json
 import math
 import os
@@ -14,7 +13,7 @@ import torch
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from vlunet.tiling.tiles import BLENDS, restore_tiled
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_benchmark
 
 SCRIPT = osp.join(REPO_ROOT, 'benchmarks', 'tiling_agreement.py')
 TINY = dict(de_dim=3, dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], key_size=8)
@@ -24,10 +23,7 @@ MIN_PSNR = {32: 39.0, 64: 48.0}
 
 @pytest.fixture(scope='module')
 def script():
-    spec = importlib.util.spec_from_file_location('tiling_agreement', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('tiling_agreement')
 
 
 @pytest.fixture(scope='module')

@@ -29,14 +29,26 @@ COMMAND_MODULES = {'inference': 'vlunet.commands.restore', 'convert_official_che
                    'compare': 'vlunet.compare.cli'}
 
 
+def _load_file(module_name: str, path: str):
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_script(name: str):
     """The module behind ``scripts/<name>.py`` (its ``main`` and helpers), imported without running it."""
     if name in COMMAND_MODULES:
         return importlib.import_module(COMMAND_MODULES[name])
-    spec = importlib.util.spec_from_file_location(f'{name}_script', osp.join(REPO_ROOT, 'scripts', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_file(f'{name}_script', osp.join(REPO_ROOT, 'scripts', f'{name}.py'))
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` imported without running it (its folder on ``sys.path``, as when it runs)."""
+    folder = osp.join(REPO_ROOT, 'benchmarks')
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return _load_file(name, osp.join(folder, f'{name}.py'))
 
 
 def register_clip_config(directory: str, name: str, config: dict) -> str:

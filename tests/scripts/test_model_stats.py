@@ -1,11 +1,10 @@
 """scripts/model_stats.py: the official VLU-Net's MACs, and the table for a tiny config and an option file."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_script
 
 SCRIPT = osp.join(REPO_ROOT, 'scripts', 'model_stats.py')
 TINY = dict(de_dim=3, dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], key_size=8)
@@ -13,10 +12,7 @@ TINY = dict(de_dim=3, dim=16, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, 
 
 @pytest.fixture(scope='module')
 def model_stats():
-    spec = importlib.util.spec_from_file_location('model_stats', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('model_stats')
 
 
 @pytest.mark.slow

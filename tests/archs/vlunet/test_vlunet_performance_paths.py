@@ -1,7 +1,6 @@
 """The fast VLUNet paths compute the official function: channels-last and contiguous inputs, several
 attention heads, batch > 1, odd sizes; work is done once per forward and never repeated over the batch;
 bf16 autocast stays close; the AMP/compile option helpers; benchmarks/benchmark.py end to end."""
-import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -19,7 +18,7 @@ from vlunet.convert.vlunet_checkpoint import plugin_to_official_state_dict
 from vlunet.ops.attention import channel_attention
 from vlunet.utils.precision import AmpOptions, autocast, make_grad_scaler, parse_amp_options
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, load_benchmark
 from helpers.networks import relative_error
 from helpers.networks import tiny_net as arch_tiny_net
 
@@ -142,11 +141,7 @@ def test_trainable_official_baseline_matches_and_gets_gradients():
 
 @pytest.fixture(scope='module')
 def benchmark():
-    sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
-    spec = importlib.util.spec_from_file_location('benchmark', BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('benchmark')
 
 
 def test_memory_probe_and_clip_cost_on_tiny_models(benchmark, tiny_clip_name):
