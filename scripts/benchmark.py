@@ -1,4 +1,4 @@
-"""``python scripts/benchmark.py ...`` runs the developer benchmark ``benchmarks/benchmark.py`` (moved there)."""
+"""``python scripts/benchmark.py ...`` runs ``benchmarks/benchmark.py`` (the developer benchmark moved there)."""
 import os.path as osp
 import runpy
 import sys

@@ -1,4 +1,4 @@
-"""``python scripts/benchmark_irsde.py ...`` runs the developer benchmark ``benchmarks/benchmark_irsde.py`` (moved there)."""
+"""``python scripts/benchmark_irsde.py ...`` runs ``benchmarks/benchmark_irsde.py`` (the developer benchmark moved there)."""
 import os.path as osp
 import runpy
 import sys
