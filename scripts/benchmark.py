@@ -1,4 +1,4 @@
-"""``python scripts/benchmark.py ...`` runs ``benchmarks/benchmark.py`` (the developer benchmark moved there)."""
+"""``python scripts/benchmark.py ...`` runs ``benchmarks/benchmark.py``, where the benchmark moved."""
 import os.path as osp
 import runpy
 import sys

@@ -1,4 +1,4 @@
-"""``python scripts/benchmark_irsde.py ...`` runs ``benchmarks/benchmark_irsde.py`` (the developer benchmark moved there)."""
+"""``python scripts/benchmark_irsde.py ...`` runs ``benchmarks/benchmark_irsde.py``, where the benchmark moved."""
 import os.path as osp
 import runpy
 import sys
