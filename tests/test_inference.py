@@ -305,3 +305,36 @@ def test_ctrl_c_while_loading_the_weights_is_one_line(weights, tmp_path, capsys,
     monkeypatch.setattr(Restorer, '__init__', interrupted)
     assert _run_script(weights, [str(tmp_path / 'in.png')], tmp_path / 'out') == 130
     assert capsys.readouterr().err.strip() == 'Interrupted; nothing was restored.'
+
+
+def _psnr(restored: np.ndarray, reference: np.ndarray) -> float:
+    return float(10 * np.log10(1 / np.mean((restored - reference) ** 2)))
+
+
+def test_bf16_restores_a_256_image_under_bf16_close_to_fp32(weights, restorer, monkeypatch):
+    monkeypatch.setattr('vlunet.utils.precision.native_bf16', lambda device: True)  # any CPU can emulate it
+    low = _restorer(weights, precision='bf16')
+    assert low.precision == 'bf16' and low.amp.enabled
+    convolution_dtypes = set()
+    first_convolution = next(module for module in low.net.modules() if isinstance(module, torch.nn.Conv2d))
+    first_convolution.register_forward_hook(lambda module, inputs, output: convolution_dtypes.add(output.dtype))
+    image = _rgb(3, 256, 256)
+    restored, reference = low.restore(image), restorer.restore(image)
+    assert convolution_dtypes == {torch.bfloat16}  # the network did compute in bf16
+    assert restored.dtype == np.float32 and restored.shape == image.shape and np.isfinite(restored).all()
+    assert 30 < _psnr(restored, reference) < 80  # close to fp32, and not fp32 itself
+
+
+def test_precision_flags_reach_the_restorer_and_bad_choices_are_one_line(weights, tmp_path, capsys, monkeypatch):
+    write_image(str(tmp_path / 'in.png'), smooth_image(0, 16, 16))
+    monkeypatch.setattr('vlunet.utils.precision.native_bf16', lambda device: False)
+    assert _run_script(weights, [str(tmp_path / 'in.png')], tmp_path / 'out', '--precision', 'bf16') == 2
+    err = capsys.readouterr().err
+    assert 'no native bf16 instructions' in err and '--precision fp32' in err and 'Traceback' not in err
+    assert _run_script(weights, [str(tmp_path / 'in.png')], tmp_path / 'out', '--half') == 2
+    assert 'half precision needs a CUDA device' in capsys.readouterr().err
+    monkeypatch.setattr('vlunet.utils.precision.native_bf16', lambda device: True)
+    assert _run_script(weights, [str(tmp_path / 'in.png')], tmp_path / 'out', '--precision', 'bf16') == 0
+    assert load_image(str(tmp_path / 'out' / 'in.png')).shape == (16, 16, 3)
+    with pytest.raises(ValueError, match='half=True means precision fp16'):
+        _restorer(weights, half=True, precision='bf16')

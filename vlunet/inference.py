@@ -7,7 +7,7 @@ Python API::
 
     restorer = Restorer('experiments/pretrained_models/5task_vlunet_net.pth',
                         clip_weights='experiments/pretrained_models/5task_vlunet_clip.pth',
-                        device='cuda', half=True)       # tile='auto': whole image or tiles, as memory allows
+                        device='cuda', precision='fp16')  # tile='auto': whole image or tiles, as memory allows
     image = load_image('photo.jpg')                    # float32 (H, W, 3) RGB in [0, 1]
     restored = restorer.restore(image)                 # same shape, any H and W
     prompt, probabilities = restorer.detect_degradation(image)
@@ -87,7 +87,7 @@ from vlunet.options import load_option_file
 from vlunet.tiling.memory_model import cached_memory_model, network_memory_key
 from vlunet.tiling.tiles import AutoTile, TileOptions, TilePlan, parse_tile_options, plan_tiles, restore
 from vlunet.utils.atomic_write import atomic_imwrite
-from vlunet.utils.precision import AmpOptions, autocast
+from vlunet.utils.precision import autocast, inference_amp
 from vlunet.utils.safe_load import (
     MissingFileError,
     WrongContentsError,
@@ -221,7 +221,10 @@ class Restorer:
         tile: ``'auto'`` (default: the whole image when it fits in memory, else the largest tile that fits),
             ``{'size': 'auto', 'max_memory': '4GB'}``, fixed tiles ``{'size': 512, 'overlap': 32, 'batch': 2}``
             or None for whole images (:mod:`vlunet.tiling.tiles`).
-        half: float16 autocast for the network on CUDA (the encoder stays float32).
+        precision: ``fp32`` (default), ``bf16`` (autocast; CUDA, or a CPU with AVX512-BF16 or AMX: a clear error
+            elsewhere) or ``fp16`` (autocast, CUDA only). The encoder stays float32. docs/performance.md#bf16
+            gives the measured speed and agreement with fp32.
+        half: the same as ``precision='fp16'`` (kept for existing scripts).
         prompts: degradation texts for :meth:`detect_degradation` (default: the seven official ones; DA-CLIP's
             10 degradation names for a DACLIP encoder; a single string is one prompt).
         scorer: how :meth:`detect_degradation` scores images against prompts: a
@@ -246,11 +249,17 @@ class Restorer:
                  encoder_options: Optional[dict] = None, device: str = 'cpu', tile: Union[None, str, dict] = 'auto',
                  half: bool = False, prompts: Optional[Sequence[str]] = None, param_key: str = 'params',
                  progress: bool = False, scorer: Union[PromptScorer, str, None] = None, sde: Optional[dict] = None,
-                 sde_steps: Optional[int] = None, seed: Optional[int] = None):
+                 sde_steps: Optional[int] = None, seed: Optional[int] = None, precision: Optional[str] = None):
         self.device = resolve_device(device)
-        if half and self.device.type != 'cuda':
-            raise ValueError('half precision needs a CUDA device (use device="cuda", or drop half).')
-        self.amp = AmpOptions(enabled=half, dtype=torch.float16)
+        if half:
+            if precision not in (None, 'fp16'):
+                raise ValueError(f'half=True means precision fp16, but precision={precision!r} was also given; '
+                                 'give one of them.')
+            if self.device.type != 'cuda':
+                raise ValueError('half precision needs a CUDA device (use device="cuda", or drop half).')
+            precision = 'fp16'
+        self.precision = precision or 'fp32'
+        self.amp = inference_amp(self.precision, self.device)
         self.tile = parse_tile_options(tile)
         self.progress = progress
         self.on_progress: Optional[Callable[[int], None]] = None
@@ -380,7 +389,7 @@ class Restorer:
         if not torch.isfinite(output).all():
             raise NonFiniteImageError(
                 f'the restored image has {int((~torch.isfinite(output)).sum())} NaN or infinite values'
-                + (' under float16 (try without half precision)' if self.amp.enabled else '')
+                + (f' under {self.precision} (try --precision fp32)' if self.amp.enabled else '')
                 + ' (saved, they would be black pixels).')
         return output.float().clamp_(0, 1)
 

@@ -8,7 +8,9 @@ Usage::
     vlunet-restore photo.jpg --net-weights experiments/NAFNet_DACLIP_demo/models/net_g_latest.pth
     # or from flags (de_dim is read from the weights)
     vlunet-restore photo.jpg --net-weights experiments/pretrained_models/5task_vlunet_net.pth \\
-        --clip-weights experiments/pretrained_models/5task_vlunet_clip.pth --device cuda --half
+        --clip-weights experiments/pretrained_models/5task_vlunet_clip.pth --device cuda --precision fp16
+    # bf16 on a CPU with AVX512-BF16 or AMX (IR-SDE's U-Net: 2-3x faster; docs/performance.md#bf16)
+    vlunet-restore photo.jpg -opt options/daclip/test_universal_ir_released.yml --device cpu --precision bf16
     # memory: --tile auto (default: whole images when they fit, else the largest tiles that fit),
     # --max-memory 4GB (budget; default: free GPU memory / available RAM), --tile 512 / --tile whole
     # DA-CLIP IR-SDE (ConditionalUNet): 100 sampling steps (--steps), reproducible noise (--seed)
@@ -52,6 +54,7 @@ from vlunet.tiling.memory_model import parse_memory_size
 from vlunet.tiling.tiles import AUTO
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.cpu_threads import use_cpu_threads
+from vlunet.utils.precision import PRECISIONS
 
 SUPPORTED = ' '.join(extension for extension in IMAGE_EXTENSIONS if extension.islower())
 WHOLE = 'whole'
@@ -155,7 +158,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'or of the available RAM)')
     parser.add_argument('--tile-batch', type=_tile_batch,
                         help='most tiles per forward, or auto: as many as fit in memory (default 1)')
-    parser.add_argument('--half', action='store_true', help='float16 autocast on CUDA')
+    parser.add_argument('--precision', choices=PRECISIONS,
+                        help='fp32 (default); bf16: autocast on CUDA or on a CPU with AVX512-BF16 or AMX; fp16: '
+                             'autocast on CUDA')
+    parser.add_argument('--half', action='store_true', help='the same as --precision fp16')
     parser.add_argument('--prompts', nargs='+', metavar='TEXT',
                         help='degradation texts to detect, one argument each (quote texts with spaces; put the '
                              'option after the inputs); default: the 7 official ones, DA-CLIP\'s 10 names for a '
@@ -178,8 +184,8 @@ def restorer_settings(args: argparse.Namespace) -> dict:
     """Restorer keyword arguments given on the command line (the others come from -opt or defaults)."""
     settings = {'net_weights': args.net_weights, 'network_options': args.network_json,
                 'clip_weights': args.clip_weights, 'device': args.device, 'tile': tile_setting(args),
-                'half': args.half or None, 'prompts': args.prompts, 'scorer': args.scorer, 'progress': True,
-                'sde_steps': args.steps, 'seed': args.seed}
+                'half': args.half or None, 'precision': args.precision, 'prompts': args.prompts, 'scorer': args.scorer,
+                'progress': True, 'sde_steps': args.steps, 'seed': args.seed}
     if args.clip_backbone or args.clip_pretrained:  # the encoder type is the network's default (DACLIP for DA-CLIP's)
         settings['encoder_options'] = {'backbone': args.clip_backbone or DEFAULT_ENCODER['backbone'],
                                        'pretrained': args.clip_pretrained}

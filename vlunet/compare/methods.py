@@ -139,4 +139,4 @@ def fingerprint(spec: MethodSpec, restorer: Restorer) -> dict:
             status = os.stat(path)
             files[osp.abspath(path)] = [status.st_size, int(status.st_mtime)]
     sde = None if restorer.sde is None else {'steps': restorer.sde.steps, 'seed': getattr(restorer.sde, 'seed', None)}
-    return {'files': files, 'sde': sde, 'half': bool(restorer.amp.enabled), 'torch': torch.__version__}
+    return {'files': files, 'sde': sde, 'precision': restorer.precision, 'torch': torch.__version__}

@@ -15,6 +15,10 @@ returns a ``torch.amp.GradScaler`` only where one is needed (fp16 training), els
 VLUNet keeps its attention logits and softmax in float32 under autocast (torch's layer-norm kernels
 accumulate low-precision inputs in float32). On CPU, bf16 pays off only with native bf16 instructions
 (AVX512-BF16 / AMX); ``torch.compile`` needs a C++ compiler and takes minutes on a small CPU.
+
+Inference (``vlunet-restore --precision``, ``Restorer(precision=...)``) names one of :data:`PRECISIONS`;
+:func:`inference_amp` checks that the device computes it natively (:func:`native_bf16`) and says what to use
+instead when it does not.
 """
 import contextlib
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
+PRECISIONS = ('fp32', 'bf16', 'fp16')  # what inference offers (fp32: no autocast)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,34 @@ def autocast(amp: AmpOptions, device: torch.device) -> ContextManager:
     if not amp.enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=amp.dtype)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU with bf16 support, or a CPU with AVX512-BF16 or AMX
+    (without them oneDNN emulates bf16, slower than fp32)."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    if device.type == 'cpu':
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
+
+
+def inference_amp(precision: str, device: torch.device) -> AmpOptions:
+    """Autocast settings of inference in ``precision`` (one of :data:`PRECISIONS`) on ``device``; a ValueError
+    naming the fix when the device does not compute that precision natively."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision: expected one of {list(PRECISIONS)}, got {precision!r}.')
+    device = torch.device(device)
+    if precision == 'fp16' and device.type != 'cuda':
+        raise ValueError(f'precision fp16 needs a CUDA device (this one is {device.type}): use --precision fp32, or '
+                         'bf16 on a CPU with AVX512-BF16 or AMX.')
+    if precision == 'bf16' and not native_bf16(device):
+        where = ('this GPU has no bf16 support' if device.type == 'cuda'
+                 else f'this {device.type} has no native bf16 instructions (AVX512-BF16 or AMX)')
+        raise ValueError(f'precision bf16: {where}, so bf16 would be emulated and slower than fp32; use --precision '
+                         'fp32' + (' (or fp16)' if device.type == 'cuda' else '') + '.')
+    return AmpOptions(enabled=precision != 'fp32', dtype=DTYPES.get(precision, torch.bfloat16))
 
 
 def make_grad_scaler(amp: AmpOptions, device: torch.device) -> Optional[torch.amp.GradScaler]:

@@ -235,3 +235,19 @@ def test_weights_have_the_layout_of_their_gradients():
     (restored.mean() + (z * net.degradation_representation(torch.rand(2, 3, 24, 20))).sum()).backward()
     mismatched = [name for name, p in net.named_parameters() if p.grad is not None and p.grad.stride() != p.stride()]
     assert not mismatched  # DDP's buckets take every gradient without a copy or a warning
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_reduced_precision_autocast_at_256_is_finite_and_close_to_fp32(dtype):
+    torch.manual_seed(0)
+    net = tiny().eval()
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    expected = restore(net, image)
+    residual_dtypes = set()
+    net.output.register_forward_hook(lambda module, inputs, output: residual_dtypes.add(output.dtype))
+    with torch.autocast('cpu', dtype=dtype):
+        low = restore(net, image)
+    assert residual_dtypes == {dtype}  # the network did run in reduced precision
+    assert torch.isfinite(low).all()
+    error = ((low.float() - expected).abs().max() / expected.abs().max()).item()
+    assert 0 < error < 0.05

@@ -252,3 +252,20 @@ def test_inference_script_restores_with_steps_and_seed(weights, tmp_path, capsys
     with pytest.raises(SystemExit):
         script.main([str(tmp_path / 'in'), '-opt', weights['option_file'], '--steps', '0'])
     assert '--steps: 0 is not allowed' in capsys.readouterr().err
+
+
+def test_bf16_sampling_of_a_256_image_is_finite_and_agrees_with_fp32(weights, monkeypatch):
+    """Each step's network runs under bf16 and the sample stays finite; random weights predict no real noise, so
+    most samples clip to 0 or 1 and the comparison counts pixels (the network's own bf16 error at 256² is
+    tested in tests/archs/test_precision.py)."""
+    monkeypatch.setattr('vlunet.utils.precision.native_bf16', lambda device: True)  # any CPU can emulate it
+    image = _image(4, 256, 256)
+    low = _restorer(weights, sde_steps=2, seed=0, precision='bf16')
+    noise_dtypes = set()
+    low.net.register_forward_hook(lambda module, inputs, output: noise_dtypes.add(output.dtype))
+    restored = low.restore(image)
+    reference = _restorer(weights, sde_steps=2, seed=0).restore(image)
+    assert noise_dtypes == {torch.bfloat16}
+    assert restored.dtype == np.float32 and np.isfinite(restored).all()
+    differing = np.abs(restored - reference) > 0.1
+    assert 0 < differing.mean() < 0.05
