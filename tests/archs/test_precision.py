@@ -6,7 +6,7 @@ import torch
 
 import vlunet  # noqa: F401  (compat shim before basicsr)
 from vlunet.archs.vlunet.vlunet_arch import VLUNet
-from vlunet.ops.attention import channel_attention
+from vlunet.ops.attention import attention_weights, channel_attention
 
 from helpers import smooth_image
 from helpers.networks import relative_error
@@ -49,6 +49,18 @@ def test_attention_kernel_is_close_for_large_activations(precision):
     low = channel_attention(*(t.to(dtype) for t in (query, key, value)), temperature, heads=2)
     assert torch.isfinite(low).all()
     assert relative_error(low.float(), expected) < TOLERANCE
+
+
+def test_bf16_attention_weights_are_the_float32_computation_of_the_bf16_maps():
+    """Under bf16 autocast the grams, norms and softmax read q and k converted to float32 (bf16 products would copy
+    the strided head matrices first): exactly the float32 weights of the bf16-rounded maps."""
+    query, key, _ = _correlated_maps(channels=8, size=64)
+    query, key = query.bfloat16(), key.bfloat16()
+    temperature = torch.tensor([[[0.7]], [[1.3]]])
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        weights = attention_weights(query, key, temperature, heads=2)
+    assert weights.dtype == torch.float32
+    assert torch.equal(weights, attention_weights(query.float(), key.float(), temperature, heads=2))
 
 
 @pytest.fixture(scope='module')
