@@ -18,7 +18,9 @@ Measures, for the released configuration (48,975,747 parameters; ``--arch-json``
   ``--randomize-zero`` draws them too, so the attention paths count in the error), copied into ours;
 - with ``--train-size``: a training step (forward, L1 loss, backward) of a ``--train-batch`` batch;
 - with ``--restore-steps N``: the wall time of one N-step posterior-sampling restoration of a
-  ``--sizes[0]``² image with our network (contexts given, as the Restorer computes them once).
+  ``--sizes[0]``² image with our network and sampler (contexts given, as the Restorer computes them once); with
+  ``--official-sde`` (the release's ``utils/sde_utils.py``) also the release's own loop
+  (``IRSDE.reverse_posterior``) with the baseline network, the two alternating, DA-CLIP's test settings for both.
 
 Run as a script, the process keeps freed memory for reuse (``vlunet/utils/cpu_memory.py``) for both sides;
 ``VLUNET_KEEP_FREED_MEMORY=0`` measures both with glibc's default allocator.
@@ -28,7 +30,6 @@ import importlib.util
 import json
 import os.path as osp
 import sys
-import time
 import types
 from typing import Dict, List, Optional
 
@@ -48,6 +49,7 @@ REIMPLEMENTATION_LABEL = 're-implementation of the release (benchmarks/reimpleme
 # the first three and others for ch_mult and use_image_context, so every argument is passed explicitly.
 RELEASED_CONFIG = {'in_nc': 3, 'out_nc': 3, 'nf': 64, 'ch_mult': [1, 2, 4, 8], 'context_dim': 512,
                    'use_degra_context': True, 'use_image_context': True}
+SDE_SETTINGS = {'max_sigma': 50, 'T': 100, 'schedule': 'cosine', 'eps': 0.005}  # DA-CLIP's test options (sde:)
 
 
 def load_release_class(path: Optional[str]) -> type:
@@ -114,13 +116,36 @@ def train_jobs(nets: Dict[str, nn.Module], inputs: dict) -> dict:
     return {name: job(net) for name, net in nets.items()}
 
 
-def restoration_seconds(net: nn.Module, inputs: dict, steps: int) -> float:
-    restoration = IRSDERestoration({'T': 100}, steps=steps, seed=0)
+def load_release_sde(path: str) -> type:
+    """The release's ``IRSDE`` sampler class from ``path`` (its ``utils/sde_utils.py``)."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'--official-sde {path}: no such file; give the release\'s '
+                                'universal-image-restoration/utils/sde_utils.py')
+    spec = importlib.util.spec_from_file_location('daclip_release_sde_utils', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.IRSDE
+
+
+def restoration_jobs(nets: Dict[str, nn.Module], inputs: dict, steps: int, release_sde: Optional[type]) -> dict:
+    """One ``steps``-step restoration of ``inputs['cond']``: ours (network and sampler), and with ``release_sde``
+    the release's ``reverse_posterior`` loop with the baseline network."""
     contexts = {'text_context': inputs['text_context'], 'image_context': inputs['image_context']}
-    start = time.perf_counter()
-    with torch.no_grad():
-        restoration.restore(net, inputs['cond'], contexts, apply=lambda network, pairs: network(pairs))
-    return time.perf_counter() - start
+    lq = inputs['cond']
+
+    def ours() -> torch.Tensor:
+        with torch.no_grad():
+            return IRSDERestoration(SDE_SETTINGS, steps=steps, seed=0).restore(nets['ours'], lq, contexts)
+
+    def release() -> torch.Tensor:
+        sde = release_sde(SDE_SETTINGS['max_sigma'], SDE_SETTINGS['T'], sample_T=steps,
+                          schedule=SDE_SETTINGS['schedule'], eps=SDE_SETTINGS['eps'], device=lq.device)
+        sde.set_model(nets['baseline'])
+        sde.set_mu(lq)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return sde.reverse_posterior(sde.noise_state(lq), **contexts)
+    return {'ours': ours} if release_sde is None else {'ours': ours, 'baseline': release}
 
 
 def run_benchmark(args: argparse.Namespace) -> dict:
@@ -141,9 +166,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         inputs = network_inputs(config, args.train_batch, args.train_size, device)
         results['train_step'] = time_alternating(train_jobs(nets, inputs), args.repeats, args.warmup, device)
     if args.restore_steps:
-        inputs = network_inputs(config, 1, args.sizes[0], device)
+        release_sde = load_release_sde(args.official_sde) if args.official_sde else None
+        jobs = restoration_jobs(nets, network_inputs(config, 1, args.sizes[0], device), args.restore_steps,
+                                release_sde)
+        timed = time_alternating(jobs, 1, 0, device)
         results['restoration'] = {'size': args.sizes[0], 'steps': args.restore_steps,
-                                  'seconds': restoration_seconds(nets['ours'], inputs, args.restore_steps)}
+                                  'seconds': timed['ours']['median_s']}
+        if release_sde is not None:
+            results['restoration'].update(baseline_seconds=timed['baseline']['median_s'],
+                                          baseline_loop=args.official_sde)
     return results
 
 
@@ -167,8 +198,12 @@ def markdown(results: dict) -> str:
         lines.append(f'| training step | {_ms(entry["ours"])} | {_ms(entry["baseline"])} | {speedup:.2f}x | - |')
     if 'restoration' in results:
         restoration = results['restoration']
-        lines += ['', f'One {restoration["steps"]}-step restoration of a {restoration["size"]}² image (ours): '
-                      f'{restoration["seconds"]:,.1f} s']
+        line = (f'One {restoration["steps"]}-step restoration of a {restoration["size"]}² image (ours): '
+                f'{restoration["seconds"]:,.1f} s')
+        if 'baseline_seconds' in restoration:
+            line += (f'; the release\'s loop with its network: {restoration["baseline_seconds"]:,.1f} s '
+                     f'({restoration["baseline_seconds"] / restoration["seconds"]:.2f}x)')
+        lines += ['', line]
     return '\n'.join(lines)
 
 
@@ -188,6 +223,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--train-size', type=int, default=0, help='training-step crop size (0: skip)')
     parser.add_argument('--train-batch', type=int, default=2, help='training-step batch size')
     parser.add_argument('--restore-steps', type=int, default=0, help='also time one restoration with this many steps')
+    parser.add_argument('--official-sde', metavar='PATH',
+                        help="the release's utils/sde_utils.py: --restore-steps also times its sampling loop")
     parser.add_argument('--json', help='also write the results to this JSON file')
     args = parser.parse_args(argv)
     if args.device.startswith('cuda') and not torch.cuda.is_available():
