@@ -222,8 +222,8 @@ class Restorer:
             ``{'size': 'auto', 'max_memory': '4GB'}``, fixed tiles ``{'size': 512, 'overlap': 32, 'batch': 2}``
             or None for whole images (:mod:`vlunet.tiling.tiles`).
         precision: ``fp32`` (default), ``bf16`` (autocast; CUDA, or a CPU with AVX512-BF16 or AMX: a clear error
-            elsewhere) or ``fp16`` (autocast, CUDA only). The encoder stays float32. docs/performance.md#bf16
-            gives the measured speed and agreement with fp32.
+            elsewhere) or ``fp16`` (autocast, CUDA only). The encoder stays float32. Measured speed and agreement
+            with fp32: docs/performance.md#bf16-inference-on-the-cpu.
         half: the same as ``precision='fp16'`` (kept for existing scripts).
         prompts: degradation texts for :meth:`detect_degradation` (default: the seven official ones; DA-CLIP's
             10 degradation names for a DACLIP encoder; a single string is one prompt).

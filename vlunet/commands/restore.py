@@ -9,7 +9,7 @@ Usage::
     # or from flags (de_dim is read from the weights)
     vlunet-restore photo.jpg --net-weights experiments/pretrained_models/5task_vlunet_net.pth \\
         --clip-weights experiments/pretrained_models/5task_vlunet_clip.pth --device cuda --precision fp16
-    # bf16 on a CPU with AVX512-BF16 or AMX (IR-SDE's U-Net: 2-3x faster; docs/performance.md#bf16)
+    # bf16 on a CPU with AVX512-BF16 or AMX (IR-SDE's U-Net: 2-3x faster; docs/performance.md#bf16-inference-on-the-cpu)
     vlunet-restore photo.jpg -opt options/daclip/test_universal_ir_released.yml --device cpu --precision bf16
     # memory: --tile auto (default: whole images when they fit, else the largest tiles that fit),
     # --max-memory 4GB (budget; default: free GPU memory / available RAM), --tile 512 / --tile whole
