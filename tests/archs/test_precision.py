@@ -52,8 +52,8 @@ def test_attention_kernel_is_close_for_large_activations(precision):
 
 
 def test_bf16_attention_weights_are_the_float32_computation_of_the_bf16_maps():
-    """Under bf16 autocast the grams, norms and softmax read q and k converted to float32 (bf16 products would copy
-    the strided head matrices first): exactly the float32 weights of the bf16-rounded maps."""
+    """Under bf16 autocast on the CPU the grams, norms and softmax read q and k converted to float32 (bf16 products
+    would copy the strided head matrices first): exactly the float32 weights of the bf16-rounded maps."""
     query, key, _ = _correlated_maps(channels=8, size=64)
     query, key = query.bfloat16(), key.bfloat16()
     temperature = torch.tensor([[[0.7]], [[1.3]]])
@@ -61,6 +61,9 @@ def test_bf16_attention_weights_are_the_float32_computation_of_the_bf16_maps():
         weights = attention_weights(query, key, temperature, heads=2)
     assert weights.dtype == torch.float32
     assert torch.equal(weights, attention_weights(query.float(), key.float(), temperature, heads=2))
+    with vlunet.ops.plain(), torch.autocast('cpu', dtype=torch.bfloat16):  # as on unmeasured devices: the official
+        official = attention_weights(query, key, temperature, heads=2)  # order, bf16 q and k normalised first
+    assert not torch.equal(official, weights) and relative_error(official, weights) < TOLERANCE
 
 
 @pytest.fixture(scope='module')

@@ -3,14 +3,15 @@
 The attention of every head and the 1x1 output projection are both linear maps of v's channels, so
 :func:`projected_attention` merges them into one small (B, C, C_out) matrix and reads v once, the residual sum
 being the product's accumulator (the channels-last products of :mod:`vlunet.ops.channels_last`). Norms, logits and
-softmax are float32; in fp16 q and k are normalised first (fp16 overflow), in bf16 they are read in float32 (see
-:func:`attention_weights`).
+softmax are float32; in fp16 q and k are normalised first (fp16 overflow), in bf16 on the CPU they are read in float32
+(see :func:`attention_weights`).
 """
 from typing import Optional
 
 import torch
 from torch import nn
 
+from vlunet.ops import dispatch
 from vlunet.ops.channels_last import accumulate_in_place, as_map, fuse_residual, pixel_rows
 
 REDUCED_PRECISION = (torch.float16, torch.bfloat16)
@@ -68,13 +69,13 @@ def attention_weights(query: torch.Tensor, key: torch.Tensor, temperature: torch
     query, key: (B, C, H, W), channels grouped head-major; q, k are the (C/heads, H*W) head matrices
     and normalize is L2 over the spatial axis. Channels-last head matrices are strided views that the products read
     directly (no per-head copies). In float32 the small logits are divided by the outer product of the
-    norms instead of normalising the large q and k (same value; saves two full-size divisions). bf16 q and k
-    (autocast) are converted to float32 and take that path: bf16 products of strided (C, H*W) matrices copy
-    them first, and the conversion costs less (measured 1.6x faster on the CPU). In fp16 (autocast) q and k
-    are normalised first, as in the official code: q @ k^T sums H*W products and would pass fp16's largest
-    value (65,504) from about 256x256 on. Norms, logits and softmax are float32.
+    norms instead of normalising the large q and k (same value; saves two full-size divisions). On the CPU
+    (fast path ``float32_attention_weights``) bf16 q and k are converted to float32 and take that path: bf16
+    products of strided (C, H*W) matrices copy them first, and the conversion costs less. Elsewhere, and in
+    fp16, q and k are normalised first, as in the official code: in fp16 q @ k^T sums H*W products and would
+    pass fp16's largest value (65,504) from about 256x256 on. Norms, logits and softmax are float32.
     """
-    if query.dtype == torch.bfloat16:
+    if query.dtype == torch.bfloat16 and dispatch.fast_path_allowed('float32_attention_weights', query):
         with torch.autocast(query.device.type, enabled=False):  # autocast would cast the products back to bf16
             return attention_weights(query.float(), key.float(), temperature, heads)
     query_norm, key_norm = spatial_norms(query), spatial_norms(key)

@@ -13,7 +13,9 @@ this project's CPU only; each runs only on the device types listed in :data:`MEA
 - ``fused_backward``: in float32 training, the attention's hand-written backward
   (:mod:`vlunet.ops.attention_backward`) and the GDFN's separate gate and content maps;
 - ``fused_convolutions``: without autograd, IR-SDE's time modulation and SiLU fused into oneDNN's 3x3 convolution,
-  and Winograd F(2x2, 3x3) on the deep levels (:mod:`vlunet.ops.fused_convolutions`).
+  and Winograd F(2x2, 3x3) on the deep levels (:mod:`vlunet.ops.fused_convolutions`);
+- ``float32_attention_weights``: under bf16 autocast, the channel attention's weights computed from q and k
+  converted to float32 (:func:`vlunet.ops.attention.attention_weights`).
 
 Elsewhere (CUDA today) the plain computation runs, in the layout the networks give it (channels-last activations
 and 3x3 weights, which suit cuDNN) and the precision of the options (autocast). :func:`plain` or the
@@ -29,7 +31,8 @@ from typing import Dict, FrozenSet, Iterator, Optional
 import torch
 
 PLAIN_ENV = 'VLUNET_PLAIN'
-FAST_PATHS = ('channels_last_products', 'bands', 'vector_padding', 'in_place', 'fused_backward', 'fused_convolutions')
+FAST_PATHS = ('channels_last_products', 'bands', 'vector_padding', 'in_place', 'fused_backward', 'fused_convolutions',
+              'float32_attention_weights')
 MEASURED_DEVICES: Dict[str, FrozenSet[str]] = {path: frozenset({'cpu'}) for path in FAST_PATHS}
 _plain_depth = 0
 _whole_maps_depth = 0
