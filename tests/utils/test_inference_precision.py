@@ -36,3 +36,13 @@ def test_native_bf16_detection_agrees_with_the_cpu_flags():
     with open('/proc/cpuinfo') as cpuinfo:
         flags = next((line.split(':', 1)[1].split() for line in cpuinfo if line.startswith('flags')), [])
     assert native_bf16(CPU) == ('avx512_bf16' in flags or 'amx_tile' in flags)
+
+
+def test_without_torchs_private_cpu_checks_the_cpu_flags_decide(monkeypatch):
+    expected = native_bf16(CPU)
+    for feature in ('avx512_bf16', 'amx_tile'):
+        monkeypatch.delattr(torch.cpu, f'_is_{feature}_supported', raising=False)
+    if osp.isfile('/proc/cpuinfo'):
+        assert native_bf16(CPU) == expected
+    else:
+        assert native_bf16(CPU) is False

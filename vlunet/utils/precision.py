@@ -63,14 +63,29 @@ def autocast(amp: AmpOptions, device: torch.device) -> ContextManager:
     return torch.autocast(device_type=torch.device(device).type, dtype=amp.dtype)
 
 
+def _cpu_supports(feature: str, flag: str) -> bool:
+    """torch's check of a CPU feature (``torch.cpu._is_<feature>_supported``), else the Linux CPU flag ``flag``."""
+    check = getattr(torch.cpu, f'_is_{feature}_supported', None)
+    if check is not None:
+        return bool(check())
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            return any(line.startswith('flags') and flag in line.split() for line in cpuinfo)
+    except OSError:
+        return False
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively: a CUDA GPU with bf16 support, or a CPU with AVX512-BF16 or AMX
-    (without them oneDNN emulates bf16, slower than fp32)."""
+    """Whether ``device`` computes bf16 natively: a CUDA GPU with bf16 units, or a CPU with AVX512-BF16 or AMX
+    (without them bf16 is emulated, slower than fp32)."""
     device = torch.device(device)
     if device.type == 'cuda':
-        return torch.cuda.is_bf16_supported()
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.4: no emulation to exclude
+            return torch.cuda.is_bf16_supported()
     if device.type == 'cpu':
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return _cpu_supports('avx512_bf16', 'avx512_bf16') or _cpu_supports('amx_tile', 'amx_tile')
     return False
 
 
