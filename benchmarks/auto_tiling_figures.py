@@ -31,6 +31,7 @@ import time
 from typing import List, Optional
 
 import torch
+from benchmark_common import write_json
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import vlunet  # noqa: F401,E402  (compat shim before basicsr; registers the archs)
@@ -44,7 +45,6 @@ from vlunet.tiling.memory_model import (  # noqa: E402
     peak_forward_bytes,
 )
 from vlunet.tiling.tiles import AutoTile, TileOptions, plan_tiles, repeat_per_tile, restore  # noqa: E402
-from vlunet.utils.atomic_write import atomic_write_text  # noqa: E402
 
 from basicsr.archs import build_network  # noqa: E402
 
@@ -211,8 +211,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = {'arch': arch, 'threads': args.threads, 'torch': torch.__version__}
 
     def save() -> None:
-        if args.json:
-            atomic_write_text(json.dumps(results, indent=2) + '\n', args.json)
+        write_json(results, args.json)
 
     if 'model' in args.parts:
         results['model'] = model_part(arch, args.check_sizes, args.threads)

@@ -55,6 +55,7 @@ from benchmark_common import (
     smooth_images,
     synchronize,
     time_alternating,
+    write_json,
 )
 from reimplementations.vlunet_release import OfficialVLUNet
 from torch import nn
@@ -65,7 +66,6 @@ from vlunet.inference import load_network_weights
 from vlunet.network_stats import count_macs, network_options
 from vlunet.options import OptionError
 from vlunet.tiling.tiles import TileOptions, restore
-from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.peak_memory import reset_peak_rss, rss_bytes
 from vlunet.utils.precision import DTYPES, AmpOptions, autocast, compile_network, make_grad_scaler
@@ -477,8 +477,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 1
     print(markdown(results))
-    if args.json:
-        atomic_write_text(json.dumps(results, indent=2, default=str), args.json)
+    write_json(results, args.json)
     return 0
 
 

@@ -1,12 +1,15 @@
-"""What the benchmarks share: seeded smooth images, alternating timing, relative error and the machine's facts."""
+"""What the benchmarks share: seeded smooth images, alternating timing, relative error, the machine's facts and the
+JSON report."""
+import json
 import math
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
+from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import freed_memory_kept
 
 Job = Callable[[], object]
@@ -74,3 +77,9 @@ def machine_info(device: torch.device) -> dict:
     if device.type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(device)
     return info
+
+
+def write_json(results: dict, path: Optional[str]) -> None:
+    """``results`` as indented JSON at ``path`` (written atomically; values JSON lacks as their text); None: nothing."""
+    if path:
+        atomic_write_text(json.dumps(results, indent=2, default=str) + '\n', path)

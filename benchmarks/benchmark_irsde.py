@@ -35,13 +35,12 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from benchmark_common import machine_info, relative_error, smooth_images, time_alternating
+from benchmark_common import machine_info, relative_error, smooth_images, time_alternating, write_json
 from torch import nn
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
 from vlunet.archs.daclip.irsde_unet_arch import ConditionalUNet
 from vlunet.models.daclip.irsde_sampler import IRSDERestoration
-from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 
 REIMPLEMENTATION_LABEL = 're-implementation of the release (benchmarks/reimplementations/daclip_release.py)'
@@ -241,8 +240,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 1
     print(markdown(results))
-    if args.json:
-        atomic_write_text(json.dumps(results, indent=2, default=str), args.json)
+    write_json(results, args.json)
     return 0
 
 

@@ -22,12 +22,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-from benchmark_common import machine_info
+from benchmark_common import machine_info, write_json
 from skimage import data, transform
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
 from vlunet.inference import build_restoration_network
-from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.cpu_memory import keep_freed_memory_in_entry_point
 from vlunet.utils.precision import native_bf16
 
@@ -160,8 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             results['rows'].append(measure(name, forward, size, args.photos))
             print(json.dumps(results['rows'][-1]), file=sys.stderr, flush=True)
     print(markdown(results))
-    if args.json:
-        atomic_write_text(json.dumps(results, indent=2, default=str), args.json)
+    write_json(results, args.json)
     return 0
 
 

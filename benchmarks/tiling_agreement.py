@@ -22,11 +22,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from benchmark_common import write_json
 
 import vlunet  # noqa: F401  (compat shim before basicsr; registers the archs)
 from vlunet.inference import load_network_weights
 from vlunet.tiling.tiles import BLENDS, restore_tiled, run_padded
-from vlunet.utils.atomic_write import atomic_write_text
 from vlunet.utils.safe_load import BadFileError
 
 from basicsr.archs import build_network
@@ -135,8 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 1
     print(markdown(results))
-    if args.json:
-        atomic_write_text(json.dumps(results, indent=2) + '\n', args.json)
+    write_json(results, args.json)
     return 0
 
 
