@@ -13,12 +13,11 @@ import yaml
 
 import vlunet  # noqa: F401
 from vlunet import entry
-from vlunet.inference import Restorer
 from vlunet.options import OptionError, check_option_file, load_option_file
 
 from basicsr.archs import build_network
 
-from helpers import REPO_ROOT, load_script, smooth_image, write_image
+from helpers import REPO_ROOT, interrupt_restoring_at, load_script, smooth_image, write_image
 
 TINY_VLUNET = {'type': 'VLUNet', 'de_dim': 2, 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}
@@ -68,15 +67,7 @@ def test_ctrl_c_leaves_the_progress_bar_where_it_stopped(tmp_path, capsys, monke
     torch.save({'params': build_network(dict(TINY_VLUNET)).state_dict()}, str(tmp_path / 'net.pth'))
     for name in ('a', 'b', 'c', 'd'):
         write_image(str(tmp_path / 'in' / f'{name}.png'), smooth_image(0, 16, 16))
-    restore_and_detect, calls = Restorer.restore_and_detect, []
-
-    def interrupted_at_the_second_image(self, image):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return restore_and_detect(self, image)
-
-    monkeypatch.setattr(Restorer, 'restore_and_detect', interrupted_at_the_second_image)
+    interrupt_restoring_at(monkeypatch, 2)
     status = load_script('inference').main([str(tmp_path / 'in'), '-o', str(tmp_path / 'out'), '--net-weights',
                                             str(tmp_path / 'net.pth'), '--tile', 'whole', '--network-json',
                                             json.dumps(TINY_VLUNET)])

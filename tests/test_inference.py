@@ -18,7 +18,7 @@ from vlunet.tiling.tiles import parse_tile_options
 
 from basicsr.archs import build_network
 
-from helpers import load_script, smooth_image, write_image
+from helpers import interrupt_restoring_at, load_script, smooth_image, write_image
 
 TINY_SIZES = {'type': 'VLUNet', 'dim': 16, 'num_blocks': [1, 1, 1, 1], 'num_refinement_blocks': 1,
                'heads': [1, 1, 1, 1], 'key_size': 8}
@@ -212,16 +212,7 @@ def test_ctrl_c_keeps_finished_files_and_says_so_in_one_line(weights, tmp_path, 
     inputs = tmp_path / 'in'
     for name in ('a', 'b', 'c'):
         write_image(str(inputs / f'{name}.png'), smooth_image(0, 16, 16))
-    calls = []
-    restore_and_detect = Restorer.restore_and_detect
-
-    def interrupted_at_the_second_image(self, image):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return restore_and_detect(self, image)
-
-    monkeypatch.setattr(Restorer, 'restore_and_detect', interrupted_at_the_second_image)
+    interrupt_restoring_at(monkeypatch, 2)
     assert _run_script(weights, [str(inputs)], tmp_path / 'out') == 130
     err_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and 'Restoring' not in line]
     assert err_lines == [f'Interrupted: 1 of 3 images were restored into {tmp_path / "out"} and are kept (complete '

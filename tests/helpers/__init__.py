@@ -87,6 +87,20 @@ def smooth_image(seed: int, height: int, width: int) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
+def interrupt_restoring_at(monkeypatch, image_number: int) -> None:
+    """Ctrl-C (KeyboardInterrupt) when the Restorer starts its ``image_number``-th image; the others restore."""
+    from vlunet.inference import Restorer
+    restore_and_detect, calls = Restorer.restore_and_detect, []
+
+    def interrupted(self, image):
+        calls.append(image)
+        if len(calls) == image_number:
+            raise KeyboardInterrupt
+        return restore_and_detect(self, image)
+
+    monkeypatch.setattr(Restorer, 'restore_and_detect', interrupted)
+
+
 def run_entry(script: str, args: list, cwd: str, extra_env: dict = None, timeout: int = 600):
     """Run ``python vlunet/<script>.py args`` in ``cwd`` and return the CompletedProcess."""
     import subprocess
